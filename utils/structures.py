@@ -1,0 +1,99 @@
+"""The typed contracts that cross package boundaries: one image, one batch, one head output,
+one image's detections. Every producer and consumer in gradpath speaks these types."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Sample:
+    """One image and its instances, in the pixel space of `image` (before batching).
+
+    image: uint8 (H,W,3) BGR. boxes: float32 (N,4) xyxy pixels. classes: int64 (N,) in 0..nc-1.
+    segments: one float32 (K,2) polygon per instance, in pixels (several COCO polygons of one
+    instance are joined into one ring); an instance with no polygon has its box's 4 corners.
+    image_id: the dataset's own id (COCO image id, int64). orig_shape: (h0, w0) of the file.
+    ratio_pad: ((sx, sy), (px, py)) with input_xy = orig_xy * s + p, set by letterbox/resize.
+    """
+
+    image: np.ndarray
+    boxes: np.ndarray
+    classes: np.ndarray
+    segments: list[np.ndarray]
+    image_id: int
+    path: str
+    orig_shape: tuple[int, int]
+    ratio_pad: tuple[tuple[float, float], tuple[float, float]] = ((1.0, 1.0), (0.0, 0.0))
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class Batch:
+    """A collated batch. Instance tensors are concatenated over images; `batch_idx` says whose.
+
+    images: uint8 (B,3,H,W) RGB (the trainer converts to float 0..1 on the device).
+    batch_idx: int64 (M,). classes: int64 (M,). boxes: float32 (M,4) xyxy input pixels.
+    masks: uint8 (M, H/4, W/4) one binary mask per instance at prototype resolution.
+    """
+
+    images: Tensor
+    batch_idx: Tensor
+    classes: Tensor
+    boxes: Tensor
+    masks: Tensor
+    image_ids: list[int]
+    paths: list[str]
+    orig_shapes: list[tuple[int, int]]
+    ratio_pads: list[tuple[tuple[float, float], tuple[float, float]]]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(move(self.images), move(self.batch_idx), move(self.classes), move(self.boxes),
+                     move(self.masks), self.image_ids, self.paths, self.orig_shapes, self.ratio_pads)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass
+class HeadOutput:
+    """Raw training-mode output of a detection head (see models/heads.py for the decoding).
+
+    anchor-based: preds[i] is (B, na, H_i, W_i, 5 + nc + nm) logits [tx,ty,tw,th,obj,cls..,coef..];
+    anchor-free:  preds[i] is (B, 4*reg_max + nc + nm, H_i, W_i) [ltrb bins.., cls.., coef..].
+    proto: (B, nm, H/4, W/4) mask prototypes, or None for a detection-only head.
+    strides: float (nl,). anchors: float (nl, na, 2) in pixels, or None for anchor-free.
+    """
+
+    kind: str  # "anchor" or "anchor_free"
+    preds: list[Tensor]
+    proto: Tensor | None
+    strides: Tensor
+    anchors: Tensor | None = None
+    reg_max: int = 0
+    nc: int = 80
+    nm: int = 0
+
+
+@dataclass
+class Detections:
+    """One image's final predictions, in original-image pixels.
+
+    boxes: float32 (N,4) xyxy. scores: (N,). classes: int64 (N,) contiguous 0..nc-1.
+    masks: bool (N, h0, w0), or None for a detection-only model.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    classes: Tensor
+    masks: Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
