@@ -1,0 +1,61 @@
+"""Rebuild a model from a gradpath checkpoint (state_dict + config; no source code pickled)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.model import build_model
+from utils.checkpoint import CheckpointError, load_checkpoint
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint", use_ema: bool = True) -> nn.Module:
+    """Build the model the checkpoint's config describes and load its (EMA) weights, strictly."""
+    config = ckpt.get("config") or {}
+    if "model" not in config:
+        raise CheckpointError(f"{path}: checkpoint has no model config (config['model'])")
+    model = build_model(config["model"], num_classes=config.get("nc"))
+    state = ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"]
+    report = load_state_dict_checked(model, state, path)
+    if report:
+        raise CheckpointError(f"{path}: weights do not match the checkpoint's own config: {report}")
+    return model
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> str:
+    """Load what matches exactly; return '' or a one-line summary of what differed."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shape:
+        parts = []
+        if shape:
+            parts.append(f"{len(shape)} shape mismatches (first: {shape[0]})")
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+        return "; ".join(parts)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return ""
+
+
+def transfer_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """Copy the tensors whose name and shape match (for --weights fine-tuning); (loaded, total)."""
+    own = model.state_dict()
+    matched = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(matched, strict=False)
+    return len(matched), len(own)
+
+
+def load_model(weights: str | Path, device: torch.device | str = "cpu", fuse: bool = False) -> tuple[nn.Module, dict]:
+    """(eval-mode float model on `device`, checkpoint dict) from a gradpath .pt file."""
+    ckpt = load_checkpoint(weights)
+    model = model_from_checkpoint(ckpt, weights).float().eval()
+    if fuse:
+        model = model.fuse()
+    return model.to(device), ckpt

@@ -1,0 +1,42 @@
+"""The options of train.py as one dataclass (kept light: --help imports nothing heavy)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainOptions:
+    """Every train.py flag; saved with the run as config.yaml['args']."""
+
+    weights: str = ""
+    cfg: str = "cfg/models/gp-n-seg.yaml"
+    data: str = "cfg/data/coco-mini.yaml"
+    hyp: str = "cfg/hyp/hyp.scratch-high.yaml"
+    epochs: int | None = None
+    batch_size: int | None = None
+    img_size: int | None = None
+    rect: bool = False
+    resume: str = ""
+    nosave: bool = False
+    noval: bool = False
+    cache: str | None = None
+    device: str = ""
+    multi_scale: bool = False
+    single_cls: bool = False
+    optimizer: str = "SGD"
+    sync_bn: bool = False
+    workers: int = 8
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    linear_lr: bool = False
+    save_period: int = -1
+    seed: int = 0
+    close_mosaic: int | None = None
+    amp: bool = True
+    log_grads: int = 0
+    patience: int = 0
+
+
+# Training defaults where neither the data YAML (its `train_defaults:`) nor a flag sets a value.
+FALLBACK = {"epochs": 300, "batch_size": 16, "img_size": 640}

@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Train a gradpath detector / instance-segmentation model.
+
+    python train.py                                  # small model on the bundled mini COCO, CPU ok
+    python train.py --cfg cfg/models/yolor-elan-seg.yaml --data cfg/data/coco.yaml --batch-size 32
+    torchrun --nproc_per_node 8 train.py --data cfg/data/coco.yaml --sync-bn
+    python train.py --resume                         # newest runs/train/*/weights/last.pt
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+
+from engine.options import TrainOptions
+
+
+def parse_args(argv: list[str] | None = None) -> TrainOptions:
+    d = TrainOptions()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default=d.weights, help="initial weights: a gradpath checkpoint (matching layers are loaded)")
+    p.add_argument("--cfg", default=d.cfg, help="model cfg YAML (cfg/models/*.yaml)")
+    p.add_argument("--data", default=d.data, help="dataset YAML (cfg/data/*.yaml)")
+    p.add_argument("--hyp", default=d.hyp, help="hyperparameter YAML")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the data YAML's train_defaults, else 300)")
+    p.add_argument("--batch-size", type=int, default=None, help="total batch size over all GPUs (default: data YAML, else 16)")
+    p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="train/val image size in pixels (default: data YAML, else 640)")
+    p.add_argument("--rect", action="store_true", help="rectangular training batches")
+    p.add_argument("--resume", nargs="?", const="True", default="", help="resume the newest run, or the given last.pt")
+    p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
+    p.add_argument("--noval", action="store_true", help="no validation (final evaluation skipped too)")
+    p.add_argument("--cache", nargs="?", const="ram", choices=["ram", "disk"], default=None, help="cache decoded images in ram or on disk")
+    p.add_argument("--device", default=d.device, help="cpu, 0, or 0,1,2,3 (default: first CUDA device, else cpu)")
+    p.add_argument("--multi-scale", action="store_true", help="vary the image size +/- 50%% per batch")
+    p.add_argument("--single-cls", action="store_true", help="train all classes as one")
+    p.add_argument("--optimizer", choices=["SGD", "AdamW"], default=d.optimizer)
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
+    p.add_argument("--workers", type=int, default=d.workers, help="dataloader workers per rank")
+    p.add_argument("--project", default=d.project)
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of making expN")
+    p.add_argument("--linear-lr", action="store_true", help="linear LR schedule instead of cosine")
+    p.add_argument("--save-period", type=int, default=d.save_period, help="also save epochN.pt every N epochs")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--close-mosaic", type=int, default=None, help="epochs at the end without mosaic (default: hyp close_mosaic)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
+    p.add_argument("--log-grads", type=int, default=0, metavar="N", help="log per-stage gradient norms every N steps")
+    p.add_argument("--patience", type=int, default=0, help="stop after N epochs without improvement (0: never)")
+    p.add_argument("--local-rank", "--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # torch.distributed.launch
+    ns = vars(p.parse_args(argv))
+    return TrainOptions(**{f.name: ns[f.name] for f in fields(TrainOptions)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opt = parse_args(argv)
+    from engine.trainer import Trainer
+    from utils.checkpoint import CheckpointError
+    from utils.config import ConfigError
+
+    try:
+        Trainer(opt).fit()
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""YAML loading with clear errors, hyperparameter validation, and the one saved run config."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utils.paths import REPO_ROOT, resolve_repo_path
+
+DEFAULT_HYP = REPO_ROOT / "cfg" / "hyp" / "hyp.scratch-high.yaml"
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the file and the field."""
+
+
+def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    p = resolve_repo_path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: {what} file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def load_hyp(path: str | Path | None = None) -> dict[str, Any]:
+    """The default hyperparameters overridden by `path`; unknown keys and wrong types are errors."""
+    hyp = load_yaml(DEFAULT_HYP, "hyperparameter")
+    if path is None or resolve_repo_path(path).resolve() == DEFAULT_HYP.resolve():
+        return hyp
+    user = load_yaml(path, "hyperparameter")
+    for key, value in user.items():
+        if key not in hyp:
+            raise ConfigError(f"{path}: unknown hyperparameter '{key}' (known: {', '.join(sorted(hyp))})")
+        expected = hyp[key]
+        if isinstance(expected, list):
+            ok = isinstance(value, list) and len(value) == len(expected) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise ConfigError(f"{path}: hyperparameter '{key}' must be "
+                              f"{'a list of ' + str(len(expected)) + ' numbers' if isinstance(expected, list) else 'a number'}, "
+                              f"got {value!r}")
+        hyp[key] = value
+    return hyp
+
+
+def save_yaml(data: dict[str, Any], path: str | Path) -> None:
+    from utils.checkpoint import atomic_write_text  # local import: keeps config import light
+
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,42 @@
+"""Run folders and repository paths."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def increment_path(base: str | Path, exist_ok: bool = False) -> Path:
+    """runs/train/exp -> runs/train/exp, exp2, exp3 ... the first that does not exist yet."""
+    base = Path(base)
+    if exist_ok or not base.exists():
+        return base
+    pattern = re.compile(rf"^{re.escape(base.name)}(\d+)$")
+    taken = [int(m.group(1)) for p in base.parent.glob(f"{base.name}*") if (m := pattern.match(p.name))]
+    return base.with_name(f"{base.name}{max(taken, default=1) + 1}")
+
+
+def new_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path:
+    """Create and return project/name (incremented unless exist_ok)."""
+    run = increment_path(Path(project) / name, exist_ok)
+    for attempt in range(100):  # another process may take the same name between check and mkdir
+        try:
+            run.mkdir(parents=True, exist_ok=exist_ok)
+            return run
+        except FileExistsError:
+            run = increment_path(Path(project) / name, False)
+    raise RuntimeError(f"could not create a run folder under {project}/{name}")
+
+
+def resolve_repo_path(path: str | Path) -> Path:
+    """A user path as given, else relative to the repo root (so cfgs work from any cwd)."""
+    p = Path(path)
+    if p.exists() or p.is_absolute():
+        return p
+    return REPO_ROOT / p if (REPO_ROOT / p).exists() else p
+
+
+def newest(pattern: str, root: str | Path = ".") -> Path | None:
+    files = sorted(Path(root).glob(pattern), key=lambda p: p.stat().st_mtime)
+    return files[-1] if files else None
