@@ -1,0 +1,150 @@
+"""Detection heads with an optional prototype mask branch.
+
+Both heads share `HeadBase`: the proto branch, the grids, and the eval output contract
+(B, N, 4 + nc + nm) = xyxy input pixels, per-class probabilities, raw mask coefficients.
+"""
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+from torch import nn
+
+from models.blocks import Conv, ImplicitA, ImplicitM, Proto
+from utils.structures import HeadOutput
+
+
+class HeadBase(nn.Module, abc.ABC):
+    kind = ""
+
+    def __init__(self, nc: int, nm: int, npr: int, ch: list[int]):
+        super().__init__()
+        self.nc, self.nm, self.nl = nc, nm, len(ch)
+        self.proto = Proto(ch[0], npr, nm) if nm > 0 else None
+        self.register_buffer("strides", torch.zeros(self.nl), persistent=True)
+
+    @staticmethod
+    def grid(h: int, w: int, device, dtype) -> torch.Tensor:
+        """(h*w, 2) xy cell indices, row by row."""
+        ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
+                                torch.arange(w, device=device, dtype=dtype), indexing="ij")
+        return torch.stack((xs, ys), -1).view(-1, 2)
+
+    def forward(self, xs: list[torch.Tensor]):
+        proto = self.proto(xs[0]) if self.proto is not None else None
+        preds = self.level_outputs(xs)
+        if self.training:
+            return self.head_output(preds, proto)
+        return self.decode(preds), proto
+
+    @abc.abstractmethod
+    def head_output(self, preds: list[torch.Tensor], proto: torch.Tensor | None) -> HeadOutput:
+        """The training-mode contract (utils.structures.HeadOutput)."""
+
+    @abc.abstractmethod
+    def level_outputs(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Raw per-level prediction tensors."""
+
+    @abc.abstractmethod
+    def decode(self, preds: list[torch.Tensor]) -> torch.Tensor:
+        """(B, N, 4 + nc + nm): xyxy input pixels, class probabilities, mask coefficients."""
+
+
+class AnchorHead(HeadBase):
+    """YOLOR/YOLOv5 r6.2 anchor-based head with implicit knowledge (ImplicitA before, ImplicitM
+    after each level's 1x1 prediction conv)."""
+
+    kind = "anchor"
+
+    def __init__(self, nc: int, anchors: list[list[float]], nm: int = 32, npr: int = 256, ch: list[int] = ()):
+        super().__init__(nc, nm, npr, ch)
+        self.na = len(anchors[0]) // 2
+        self.no = 5 + nc + nm
+        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(self.nl, self.na, 2))
+        self.ia = nn.ModuleList(ImplicitA(c) for c in ch)
+        self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
+        self.im = nn.ModuleList(ImplicitM(self.no * self.na) for _ in ch)
+
+    def level_outputs(self, xs):
+        out = []
+        for i, x in enumerate(xs):
+            y = self.im[i](self.m[i](self.ia[i](x)))
+            b, _, h, w = y.shape
+            out.append(y.view(b, self.na, self.no, h, w).permute(0, 1, 3, 4, 2).contiguous())
+        return out
+
+    def head_output(self, preds, proto):
+        return HeadOutput("anchor", preds, proto, self.strides, self.anchors, 0, self.nc, self.nm)
+
+    def decode(self, preds):
+        outs = []
+        for i, p in enumerate(preds):
+            b, na, h, w, no = p.shape
+            p = p.float()
+            g = self.grid(h, w, p.device, p.dtype).view(1, 1, h, w, 2)
+            xy = (p[..., :2].sigmoid() * 2 - 0.5 + g) * self.strides[i]
+            wh = (p[..., 2:4].sigmoid() * 2) ** 2 * self.anchors[i].view(1, na, 1, 1, 2)
+            scores = p[..., 4:5].sigmoid() * p[..., 5:5 + self.nc].sigmoid()
+            box = torch.cat((xy - wh / 2, xy + wh / 2), -1)
+            outs.append(torch.cat((box, scores, p[..., 5 + self.nc:]), -1).view(b, -1, 4 + self.nc + self.nm))
+        return torch.cat(outs, 1)
+
+    @torch.no_grad()
+    def init_biases(self, class_prior: float | None = None) -> None:
+        """Objectness for ~8 objects per 640 image, classes at a 0.6/nc prior."""
+        for conv, s in zip(self.m, self.strides):
+            b = conv.bias.view(self.na, -1)
+            b[:, 4] += math.log(8 / (640 / float(s)) ** 2)
+            b[:, 5:5 + self.nc] += math.log(class_prior or 0.6 / (self.nc - 0.99))
+
+
+class AnchorFreeHead(HeadBase):
+    """Decoupled anchor-free head: per level a box branch (4 x reg_max distribution bins), a class
+    branch and, with masks, a coefficient branch; each two 3x3 convs then a 1x1 prediction."""
+
+    kind = "anchor_free"
+
+    def __init__(self, nc: int, nm: int = 32, npr: int = 256, reg_max: int = 16, ch: list[int] = ()):
+        super().__init__(nc, nm, npr, ch)
+        self.reg_max = reg_max
+        c2 = max(16, ch[0] // 4, 4 * reg_max)
+        c3 = max(ch[0], min(nc, 100))
+        c4 = max(ch[0] // 4, nm)
+
+        def branch(c_in, c_mid, c_out):
+            return nn.Sequential(Conv(c_in, c_mid, 3), Conv(c_mid, c_mid, 3), nn.Conv2d(c_mid, c_out, 1))
+
+        self.box = nn.ModuleList(branch(c, c2, 4 * reg_max) for c in ch)
+        self.cls = nn.ModuleList(branch(c, c3, nc) for c in ch)
+        self.coef = nn.ModuleList(branch(c, c4, nm) for c in ch) if nm > 0 else None
+        self.register_buffer("bins", torch.arange(reg_max, dtype=torch.float32))
+
+    def level_outputs(self, xs):
+        out = []
+        for i, x in enumerate(xs):
+            parts = [self.box[i](x), self.cls[i](x)] + ([self.coef[i](x)] if self.coef is not None else [])
+            out.append(torch.cat(parts, 1))
+        return out
+
+    def head_output(self, preds, proto):
+        return HeadOutput("anchor_free", preds, proto, self.strides, None, self.reg_max, self.nc, self.nm)
+
+    def decode(self, preds):
+        outs = []
+        for i, p in enumerate(preds):
+            b, _, h, w = p.shape
+            p = p.float().flatten(2).transpose(1, 2)  # (B, h*w, C)
+            dist = p[..., :4 * self.reg_max].view(b, -1, 4, self.reg_max).softmax(-1) @ self.bins
+            centres = (self.grid(h, w, p.device, p.dtype) + 0.5) * self.strides[i]
+            dist = dist * self.strides[i]
+            box = torch.cat((centres - dist[..., :2], centres + dist[..., 2:]), -1)
+            scores = p[..., 4 * self.reg_max:4 * self.reg_max + self.nc].sigmoid()
+            outs.append(torch.cat((box, scores, p[..., 4 * self.reg_max + self.nc:]), -1))
+        return torch.cat(outs, 1)
+
+    @torch.no_grad()
+    def init_biases(self, class_prior: float | None = None) -> None:
+        for box, cls, s in zip(self.box, self.cls, self.strides):
+            box[-1].bias.fill_(1.0)
+            cls[-1].bias.fill_(math.log(5 / self.nc / (640 / float(s)) ** 2))

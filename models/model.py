@@ -1,0 +1,93 @@
+"""Model: the layers a cfg describes, run in order, with stride inference, fuse() and info()."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.blocks import Conv
+from models.heads import HeadBase
+from models.parser import CfgError, load_cfg, parse_layers
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: dict[str, Any], source: str = "<cfg>"):
+        super().__init__()
+        self.yaml = cfg
+        self.layers, self.froms, self.channels = parse_layers(cfg, source)
+        if not isinstance(self.layers[-1], HeadBase):
+            raise CfgError(f"{source}: the last row must be a head (AnchorHead or AnchorFreeHead)")
+        # outputs of these layers are kept during forward because a later row reads them
+        self.keep = {j if j >= 0 else i + j for i, f in enumerate(self.froms)
+                     for j in ([f] if isinstance(f, int) else f) if not (isinstance(f, int) and f == -1)}
+        self.head: HeadBase = self.layers[-1]
+        self.nc, self.nm = self.head.nc, self.head.nm
+        self._init_strides()
+
+    def _init_strides(self) -> None:
+        size = 256
+        was_training = self.training
+        self.train()
+        with torch.no_grad():
+            out = self.forward(torch.zeros(1, 3, size, size))
+        self.head.strides.copy_(torch.tensor([size / p.shape[-2] if p.ndim == 4 else size / p.shape[2]
+                                              for p in out.preds], dtype=torch.float32))
+        self.head.init_biases()
+        self.train(was_training)
+
+    @property
+    def stride(self) -> torch.Tensor:
+        return self.head.strides
+
+    def forward(self, x: torch.Tensor):
+        """x: float (B,3,H,W) in 0..1. Train: HeadOutput. Eval: (pred (B,N,4+nc+nm), proto)."""
+        outputs: list[torch.Tensor | None] = []
+        for i, (layer, f) in enumerate(zip(self.layers, self.froms)):
+            if isinstance(f, list):
+                inp = [x if j == -1 else outputs[j if j >= 0 else i + j] for j in f]
+            elif f != -1:
+                inp = outputs[f if f >= 0 else i + f]
+            else:
+                inp = x
+            x = layer(inp)
+            outputs.append(x if i in self.keep else None)
+        return x
+
+    def fuse(self) -> "Model":
+        """Fold every BatchNorm into its conv (inference only; outputs unchanged)."""
+        for m in self.modules():
+            if isinstance(m, Conv):
+                m.fuse()
+        return self
+
+    def info(self, img_size: int = 640) -> dict[str, float]:
+        """layers, params, and GFLOPs (2 x conv multiply-accumulates) at img_size x img_size."""
+        macs = [0]
+
+        def hook(m: nn.Conv2d, inp, out):
+            k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+            macs[0] += out.numel() // out.shape[0] * k
+
+        handles = [m.register_forward_hook(hook) for m in self.modules() if isinstance(m, nn.Conv2d)]
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                p = next(self.parameters())
+                self.forward(torch.zeros(1, 3, img_size, img_size, device=p.device, dtype=p.dtype))
+        finally:
+            for h in handles:
+                h.remove()
+            self.train(was_training)
+        return {"layers": len(self.layers), "params": sum(p.numel() for p in self.parameters()),
+                "gflops": 2 * macs[0] / 1e9}
+
+
+def build_model(cfg: str | Path | dict, num_classes: int | None = None) -> Model:
+    """Build the network a cfg (YAML path or dict) describes; num_classes overrides its nc."""
+    data, source = load_cfg(cfg)
+    if num_classes is not None:
+        data["nc"] = int(num_classes)
+    return Model(data, source)

@@ -1,0 +1,145 @@
+"""cfg YAML -> layers, through a registry of block names (no eval of strings).
+
+A cfg has `nc`, `depth_multiple`, `width_multiple`, optional `act`, and `backbone` + `head` lists
+of rows `[from, repeats, block, args]`; row i is layer i, so indices read against the paper's
+figures. `from` is -1 (previous layer), an earlier index, or a list of them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from models import blocks, heads
+
+
+class CfgError(ValueError):
+    """A bad model cfg; the message names the file, the row and what is wrong."""
+
+
+def scale_width(c: float, width: float, divisor: int = 8) -> int:
+    return max(divisor, int(math.ceil(c * width / divisor) * divisor))
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """How the parser builds one block: which of its args are channel counts (scaled by width),
+    how many args it takes, and its output channels from (input channels, built args)."""
+
+    cls: Callable[..., nn.Module]
+    width_args: tuple[int, ...] = ()
+    max_args: int = 0
+    out: Callable[[list[int], list[Any]], int] = lambda ch, a: a[0]
+    takes_channels: bool = True
+
+
+REGISTRY: dict[str, BlockSpec] = {
+    "Conv": BlockSpec(blocks.Conv, (0,), 5),
+    "ELAN": BlockSpec(blocks.ELAN, (0, 1, 4), 6),
+    "SPPF": BlockSpec(blocks.SPPF, (0,), 3),
+    "MP": BlockSpec(blocks.MaxPoolDown, (), 1, lambda ch, a: ch[0], takes_channels=False),
+    "Upsample": BlockSpec(blocks.Upsample, (), 1, lambda ch, a: ch[0], takes_channels=False),
+    "Concat": BlockSpec(blocks.Concat, (), 1, lambda ch, a: sum(ch), takes_channels=False),
+}
+HEADS: dict[str, type[nn.Module]] = {"AnchorHead": heads.AnchorHead, "AnchorFreeHead": heads.AnchorFreeHead}
+
+
+def parse_layers(cfg: dict[str, Any], source: str = "<cfg>") -> tuple[nn.ModuleList, list, list[int]]:
+    """Build (layers, from-indices, output channels per layer) from a cfg dict."""
+    for key in ("backbone", "head"):
+        if not isinstance(cfg.get(key), list):
+            raise CfgError(f"{source}: '{key}' must be a list of [from, repeats, block, args] rows")
+    depth, width = float(cfg.get("depth_multiple", 1.0)), float(cfg.get("width_multiple", 1.0))
+    act = cfg.get("act", "silu")
+    layers, froms, channels = nn.ModuleList(), [], []
+    rows = cfg["backbone"] + cfg["head"]
+    for i, row in enumerate(rows):
+        where = f"{source}: row {i} ({'backbone' if i < len(cfg['backbone']) else 'head'})"
+        if not (isinstance(row, list) and len(row) == 4 and isinstance(row[3], list)):
+            raise CfgError(f"{where}: expected [from, repeats, block, args], got {row!r}")
+        f, n, name, args = row
+        idx = [f] if isinstance(f, int) else f
+        if not isinstance(idx, list) or not idx or not all(isinstance(j, int) for j in idx):
+            raise CfgError(f"{where}: 'from' must be an int or a list of ints, got {f!r}")
+        resolved = [j if j >= 0 else i + j for j in idx]
+        if i == 0 and idx != [-1]:
+            raise CfgError(f"{where}: the first layer must take the input (-1), got {f!r}")
+        bad = [j for j, r in zip(idx, resolved) if i > 0 and not 0 <= r < i]
+        if bad:
+            raise CfgError(f"{where}: 'from' index {bad[0]} does not name an earlier layer (0..{i - 1})")
+        ch_in = [3] if i == 0 else [channels[r] for r in resolved]
+        module, c_out = _build(name, args, n, ch_in, depth, width, act, cfg, where)
+        layers.append(module)
+        froms.append(f if isinstance(f, int) else list(f))
+        channels.append(c_out)
+    return layers, froms, channels
+
+
+def _build(name: str, args: list, n: int, ch_in: list[int], depth: float, width: float, act: str,
+           cfg: dict, where: str) -> tuple[nn.Module, int]:
+    if name in HEADS:
+        return _build_head(name, args, ch_in, width, cfg, where), 0
+    if name not in REGISTRY:
+        known = ", ".join(sorted([*REGISTRY, *HEADS]))
+        raise CfgError(f"{where}: unknown block '{name}' (known: {known})")
+    spec = REGISTRY[name]
+    if len(args) > spec.max_args:
+        raise CfgError(f"{where}: {name} takes at most {spec.max_args} args, got {len(args)}: {args!r}")
+    built = [scale_width(a, width) if k in spec.width_args and isinstance(a, (int, float)) and a else a
+             for k, a in enumerate(args)]
+    if spec.takes_channels and len(ch_in) != 1:
+        raise CfgError(f"{where}: {name} takes one input, got 'from' with {len(ch_in)}")
+    extra = {"act": act} if name in ("Conv", "ELAN", "SPPF") and not _has_act(name, built) else {}
+    repeats = max(round(n * depth), 1) if n > 1 else 1
+    try:
+        mods = [spec.cls(*(([ch_in[0]] if k == 0 else [spec.out(ch_in, built)]) if spec.takes_channels else []),
+                         *built, **extra) for k in range(repeats)]
+    except TypeError as e:
+        raise CfgError(f"{where}: {name}{tuple(args)}: {e}") from None
+    module = mods[0] if repeats == 1 else nn.Sequential(*mods)
+    return module, spec.out(ch_in, built)
+
+
+def _has_act(name: str, built: list) -> bool:
+    return any(isinstance(a, str) for a in built)
+
+
+def _build_head(name: str, args: list, ch_in: list[int], width: float, cfg: dict, where: str) -> nn.Module:
+    nc = cfg.get("nc", 80)
+    args = [nc if a == "nc" else a for a in args]
+    try:
+        if name == "AnchorHead":  # [nc, anchors, nm, npr]
+            nc_, anchors, nm, npr = (args + [32, 256])[:4]
+            if not (isinstance(anchors, list) and len(anchors) == len(ch_in)):
+                raise CfgError(f"{where}: AnchorHead needs one anchor list per input level ({len(ch_in)})")
+            return heads.AnchorHead(nc_, anchors, nm, scale_width(npr, width) if nm else 0, ch_in)
+        nc_, nm, npr, reg_max = (args + [32, 256, 16])[:4]  # AnchorFreeHead: [nc, nm, npr, reg_max]
+        return heads.AnchorFreeHead(nc_, nm, scale_width(npr, width) if nm else 0, reg_max, ch_in)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, CfgError):
+            raise
+        raise CfgError(f"{where}: {name}{tuple(args)}: {e}") from None
+
+
+def load_cfg(cfg: str | Path | dict) -> tuple[dict[str, Any], str]:
+    """(cfg dict, a name for error messages) from a YAML path or an already-loaded dict."""
+    if isinstance(cfg, dict):
+        return dict(cfg), cfg.get("name", "<cfg dict>")
+    import yaml
+
+    from utils.paths import resolve_repo_path
+
+    path = resolve_repo_path(cfg)
+    if not path.is_file():
+        raise CfgError(f"{cfg}: model cfg not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CfgError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise CfgError(f"{path}: expected a mapping with backbone and head")
+    data.setdefault("name", path.stem)
+    return data, str(path)
