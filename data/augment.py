@@ -1,0 +1,216 @@
+"""Augmentations. Every geometric op moves image, boxes and polygons together; boxes are then
+recomputed from the transformed polygons, so masks and boxes never drift apart."""
+from __future__ import annotations
+
+import math
+import random
+
+import cv2
+import numpy as np
+
+from utils.structures import Sample
+
+RatioPad = tuple[tuple[float, float], tuple[float, float]]
+
+
+def letterbox(image: np.ndarray, new_shape: int | tuple[int, int], color=(114, 114, 114), auto: bool = False,
+              scaleup: bool = True, stride: int = 32) -> tuple[np.ndarray, RatioPad]:
+    """Resize keeping aspect ratio and pad to new_shape (h, w); ratio_pad maps orig -> input pixels."""
+    h0, w0 = image.shape[:2]
+    nh, nw = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
+    r = min(nh / h0, nw / w0)
+    if not scaleup:
+        r = min(r, 1.0)
+    rw, rh = int(round(w0 * r)), int(round(h0 * r))
+    pw, ph = nw - rw, nh - rh
+    if auto:
+        pw, ph = pw % stride, ph % stride
+    if (rw, rh) != (w0, h0):
+        image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR if r > 1 else cv2.INTER_AREA)
+    top, left = int(round(ph / 2 - 0.1)), int(round(pw / 2 - 0.1))
+    image = cv2.copyMakeBorder(image, top, ph - top, left, pw - left, cv2.BORDER_CONSTANT, value=color)
+    return image, ((rw / w0, rh / h0), (float(left), float(top)))
+
+
+def apply_ratio_pad(sample: Sample, image: np.ndarray, rp: RatioPad) -> Sample:
+    """Move a sample's labels with a letterbox/resize and compose its ratio_pad."""
+    (sx, sy), (px, py) = rp
+    (ox, oy), (opx, opy) = sample.ratio_pad
+    boxes = sample.boxes * np.array([sx, sy, sx, sy], np.float32) + np.array([px, py, px, py], np.float32)
+    segs = [s * np.array([sx, sy], np.float32) + np.array([px, py], np.float32) for s in sample.segments]
+    return Sample(image, boxes, sample.classes, segs, sample.image_id, sample.path, sample.orig_shape,
+                  ((ox * sx, oy * sy), (opx * sx + px, opy * sy + py)))
+
+
+def boxes_from_segments(segs: list[np.ndarray], w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N,4) boxes of the polygon parts inside the image, and a mask of instances still visible."""
+    boxes = np.zeros((len(segs), 4), np.float32)
+    keep = np.zeros(len(segs), bool)
+    for i, s in enumerate(segs):
+        inside = (s[:, 0] >= 0) & (s[:, 0] <= w) & (s[:, 1] >= 0) & (s[:, 1] <= h)
+        pts = s[inside]
+        if len(pts) >= 2:
+            boxes[i] = [pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()]
+            keep[i] = True
+    return boxes, keep
+
+
+def resample_segment(s: np.ndarray, n: int = 200) -> np.ndarray:
+    """Points evenly along the closed polygon, so clipping at the border keeps its outline."""
+    closed = np.concatenate([s, s[:1]])
+    seg_len = np.linalg.norm(np.diff(closed, axis=0), axis=1)
+    cum = np.concatenate([[0], np.cumsum(seg_len)])
+    if cum[-1] == 0:
+        return np.repeat(s[:1], n, 0)
+    t = np.linspace(0, cum[-1], n, endpoint=False)
+    return np.stack([np.interp(t, cum, closed[:, k]) for k in range(2)], 1).astype(np.float32)
+
+
+def random_perspective(sample: Sample, out_hw: tuple[int, int], degrees=0.0, translate=0.1, scale=0.5, shear=0.0,
+                       perspective=0.0, border: tuple[int, int] = (0, 0)) -> Sample:
+    """Rotation, scale, shear, translation and perspective as one 3x3 warp of image and polygons."""
+    img = sample.image
+    h, w = out_hw
+    C = np.eye(3)
+    C[0, 2], C[1, 2] = -img.shape[1] / 2, -img.shape[0] / 2
+    P = np.eye(3)
+    P[2, 0], P[2, 1] = random.uniform(-perspective, perspective), random.uniform(-perspective, perspective)
+    R = np.eye(3)
+    R[:2] = cv2.getRotationMatrix2D((0, 0), random.uniform(-degrees, degrees), random.uniform(1 - scale, 1 + scale))
+    S = np.eye(3)
+    S[0, 1], S[1, 0] = (math.tan(random.uniform(-shear, shear) * math.pi / 180) for _ in range(2))
+    T = np.eye(3)
+    T[0, 2] = random.uniform(0.5 - translate, 0.5 + translate) * w
+    T[1, 2] = random.uniform(0.5 - translate, 0.5 + translate) * h
+    M = T @ S @ R @ P @ C
+    if perspective:
+        img = cv2.warpPerspective(img, M, (w, h), borderValue=(114, 114, 114))
+    else:
+        img = cv2.warpAffine(img, M[:2], (w, h), borderValue=(114, 114, 114))
+    segs = []
+    for s in sample.segments:
+        s = resample_segment(s)
+        xy = np.concatenate([s, np.ones((len(s), 1), np.float32)], 1) @ M.T
+        segs.append((xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).astype(np.float32))
+    return filter_instances(Sample(img, sample.boxes, sample.classes, segs, sample.image_id, sample.path,
+                                   sample.orig_shape, sample.ratio_pad), old_area_scale=M[0, 0] ** 2 + M[1, 0] ** 2)
+
+
+def filter_instances(sample: Sample, old_area_scale: float = 1.0, min_size: float = 2.0) -> Sample:
+    """Clip polygons to the image, recompute boxes, drop instances that became too small/thin."""
+    h, w = sample.image.shape[:2]
+    boxes, keep = boxes_from_segments(sample.segments, w, h)
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    old = sample.boxes
+    old_area = (old[:, 2] - old[:, 0]) * (old[:, 3] - old[:, 1]) * old_area_scale if len(old) else np.zeros(0)
+    ar = np.maximum(bw / (bh + 1e-9), bh / (bw + 1e-9))
+    keep &= (bw > min_size) & (bh > min_size) & (bw * bh / (old_area + 1e-9) > 0.1) & (ar < 20)
+    segs = [np.clip(s, 0, [w, h]).astype(np.float32) for s, k in zip(sample.segments, keep) if k]
+    return Sample(sample.image, boxes[keep], sample.classes[keep], segs, sample.image_id, sample.path,
+                  sample.orig_shape, sample.ratio_pad)
+
+
+def mosaic4(samples: list[Sample], size: int, hyp: dict) -> Sample:
+    """Four images around a random centre on a 2*size canvas, then a random perspective to size."""
+    s = size
+    yc, xc = (int(random.uniform(s * 0.5, s * 1.5)) for _ in range(2))
+    canvas = np.full((2 * s, 2 * s, 3), 114, np.uint8)
+    boxes, classes, segs = [], [], []
+    for k, smp in enumerate(samples):
+        h, w = smp.image.shape[:2]
+        if k == 0:
+            x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
+            x1b, y1b = w - (x2a - x1a), h - (y2a - y1a)
+        elif k == 1:
+            x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * s), yc
+            x1b, y1b = 0, h - (y2a - y1a)
+        elif k == 2:
+            x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(2 * s, yc + h)
+            x1b, y1b = w - (x2a - x1a), 0
+        else:
+            x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * s), min(2 * s, yc + h)
+            x1b, y1b = 0, 0
+        canvas[y1a:y2a, x1a:x2a] = smp.image[y1b:y1b + (y2a - y1a), x1b:x1b + (x2a - x1a)]
+        dx, dy = x1a - x1b, y1a - y1b
+        boxes.append(smp.boxes + np.array([dx, dy, dx, dy], np.float32))
+        classes.append(smp.classes)
+        segs += [sg + np.array([dx, dy], np.float32) for sg in smp.segments]
+    first = samples[0]
+    merged = Sample(canvas, np.concatenate(boxes).reshape(-1, 4), np.concatenate(classes), segs, first.image_id,
+                    first.path, first.orig_shape)
+    return random_perspective(merged, (s, s), hyp["degrees"], hyp["translate"], hyp["scale"], hyp["shear"],
+                              hyp["perspective"])
+
+
+def mixup(a: Sample, b: Sample) -> Sample:
+    """Blend two same-size training images and keep both label sets."""
+    r = np.random.beta(32.0, 32.0)
+    img = (a.image * r + b.image * (1 - r)).astype(np.uint8)
+    return Sample(img, np.concatenate([a.boxes, b.boxes]), np.concatenate([a.classes, b.classes]),
+                  a.segments + b.segments, a.image_id, a.path, a.orig_shape, a.ratio_pad)
+
+
+def copy_paste(sample: Sample, p: float) -> Sample:
+    """Paste mirrored copies of instances where they do not cover existing ones (IoA < 0.3)."""
+    if p <= 0 or not len(sample):
+        return sample
+    img = sample.image.copy()
+    h, w = img.shape[:2]
+    boxes, classes, segs = list(sample.boxes), list(sample.classes), list(sample.segments)
+    for j in random.sample(range(len(sample)), k=round(p * len(sample))):
+        s = sample.segments[j].copy()
+        s[:, 0] = w - s[:, 0]
+        b = np.array([s[:, 0].min(), s[:, 1].min(), s[:, 0].max(), s[:, 1].max()], np.float32)
+        inter = (np.minimum(b[2], sample.boxes[:, 2]) - np.maximum(b[0], sample.boxes[:, 0])).clip(0) * \
+                (np.minimum(b[3], sample.boxes[:, 3]) - np.maximum(b[1], sample.boxes[:, 1])).clip(0)
+        ioa = inter / ((sample.boxes[:, 2] - sample.boxes[:, 0]) * (sample.boxes[:, 3] - sample.boxes[:, 1]) + 1e-9)
+        if ioa.max() >= 0.3:
+            continue
+        mask = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(mask, [sample.segments[j].round().astype(np.int32)], 1)
+        mask = mask[:, ::-1].astype(bool)
+        img[mask] = sample.image[:, ::-1][mask]
+        boxes.append(b)
+        classes.append(sample.classes[j])
+        segs.append(s)
+    return Sample(img, np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int64), segs,
+                  sample.image_id, sample.path, sample.orig_shape, sample.ratio_pad)
+
+
+def augment_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float) -> np.ndarray:
+    """Random hue/saturation/value gains through lookup tables (in place on a copy)."""
+    if not (hgain or sgain or vgain):
+        return img
+    r = np.random.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
+    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
+    x = np.arange(256, dtype=np.float32)
+    lut_h = ((x * r[0]) % 180).astype(np.uint8)
+    lut_s = np.clip(x * r[1], 0, 255).astype(np.uint8)
+    lut_v = np.clip(x * r[2], 0, 255).astype(np.uint8)
+    merged = cv2.merge((cv2.LUT(hue, lut_h), cv2.LUT(sat, lut_s), cv2.LUT(val, lut_v)))
+    return cv2.cvtColor(merged, cv2.COLOR_HSV2BGR)
+
+
+def flip(sample: Sample, horizontal: bool) -> Sample:
+    h, w = sample.image.shape[:2]
+    img = np.ascontiguousarray(sample.image[:, ::-1] if horizontal else sample.image[::-1])
+    b = sample.boxes.copy()
+    segs = [s.copy() for s in sample.segments]
+    if horizontal:
+        b[:, [0, 2]] = w - sample.boxes[:, [2, 0]]
+        for s in segs:
+            s[:, 0] = w - s[:, 0]
+    else:
+        b[:, [1, 3]] = h - sample.boxes[:, [3, 1]]
+        for s in segs:
+            s[:, 1] = h - s[:, 1]
+    return Sample(img, b, sample.classes, segs, sample.image_id, sample.path, sample.orig_shape, sample.ratio_pad)
+
+
+def rasterize(segments: list[np.ndarray], shape: tuple[int, int], downsample: int = 4) -> np.ndarray:
+    """(N, H/ds, W/ds) uint8 instance masks from polygons in input pixels."""
+    h, w = shape[0] // downsample, shape[1] // downsample
+    masks = np.zeros((len(segments), h, w), np.uint8)
+    for m, s in zip(masks, segments):
+        cv2.fillPoly(m, [(s / downsample).round().astype(np.int32)], 1)
+    return masks

@@ -1,0 +1,222 @@
+"""The dataset object the loaders draw from, batch collation and build_dataloader()."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import psutil
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from data.augment import (apply_ratio_pad, augment_hsv, copy_paste, flip, letterbox, mixup, mosaic4,
+                          random_perspective, rasterize)
+from data.config import DataConfig
+from data.datasets import load_index, write_coco_json
+from data.label_index import LabelIndex
+from utils.config import ConfigError
+from utils.structures import Batch, Sample
+
+LOG = logging.getLogger("gradpath.data")
+
+
+class DetectionDataset(Dataset):
+    """Samples of one split: training with mosaic/perspective/HSV/flips/mixup/copy-paste, or
+    letterboxed (optionally rectangular-batched) validation images."""
+
+    def __init__(self, index: LabelIndex, img_size: int, hyp: dict | None, augment: bool, rect: bool,
+                 batch_size: int, stride: int, names: list[str], category_ids: list[int], ann_file: Path,
+                 single_cls: bool = False, cache: str | None = None, cache_dir: Path | None = None):
+        self.index, self.img_size, self.hyp, self.augment = index, img_size, hyp or {}, augment
+        self.names, self.category_ids, self.ann_file = names, category_ids, ann_file
+        self.single_cls, self.stride = single_cls, stride
+        self.mosaic = augment and self.hyp.get("mosaic", 0) > 0
+        self.order = np.arange(len(index))
+        self.batch_shapes = None
+        if rect:
+            self._rect_batches(batch_size)
+        self.cache, self.cache_dir = cache, cache_dir
+        self.ram: dict[int, np.ndarray] = {}
+        if cache:
+            self._fill_cache()
+
+    @property
+    def summary(self) -> str:
+        return self.index.summary()
+
+    def set_mosaic(self, enabled: bool) -> None:
+        self.mosaic = enabled and self.augment and self.hyp.get("mosaic", 0) > 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _rect_batches(self, batch_size: int) -> None:
+        """Sort by aspect ratio; each batch gets the smallest stride-multiple shape that fits it."""
+        ar = self.index.shapes[:, 0] / self.index.shapes[:, 1]
+        self.order = np.argsort(ar)
+        ar = ar[self.order]
+        nb = int(np.ceil(len(ar) / batch_size))
+        self.batch_shapes = np.zeros((len(ar), 2), np.int64)
+        for b in range(nb):
+            sl = ar[b * batch_size:(b + 1) * batch_size]
+            lo, hi = sl.min(), sl.max()
+            shape = [hi, 1] if hi < 1 else ([1, 1 / lo] if lo > 1 else [1, 1])
+            self.batch_shapes[b * batch_size:(b + 1) * batch_size] = \
+                np.ceil(np.array(shape) * self.img_size / self.stride).astype(int) * self.stride
+
+    # ---- images ---------------------------------------------------------------------------
+    def _fill_cache(self) -> None:
+        need = sum(_resized_bytes(h, w, self.img_size) for h, w in self.index.shapes)
+        if self.cache == "ram":
+            free = psutil.virtual_memory().available
+            if need > 0.7 * free:
+                raise ConfigError(f"--cache ram: needs {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is "
+                                  f"available; use --cache disk or no cache")
+            for i in range(len(self)):
+                self.ram[i] = self._read(i)
+        LOG.info("cache %s: %.2f GiB of resized images", self.cache, need / 2**30)
+
+    def _read(self, i: int) -> np.ndarray:
+        path = self.index.files[i]
+        if self.cache == "disk" and self.cache_dir is not None:
+            npy = self.cache_dir / f"{Path(path).stem}_{self.img_size}.npy"
+            if npy.is_file():
+                return np.load(npy)
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise OSError(f"{path}: cannot decode image")
+        h0, w0 = img.shape[:2]
+        r = self.img_size / max(h0, w0)
+        if r != 1:
+            img = cv2.resize(img, (round(w0 * r), round(h0 * r)),
+                             interpolation=cv2.INTER_LINEAR if r > 1 or self.augment else cv2.INTER_AREA)
+        if self.cache == "disk" and self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            np.save(npy, img)
+        return img
+
+    def load_sample(self, i: int) -> Sample:
+        """Image i resized to img_size on its long side, labels scaled to match."""
+        img = self.ram[i] if i in self.ram else self._read(i)
+        h0, w0 = (int(v) for v in self.index.shapes[i])
+        boxes, classes, segs = self.index.instances(i)
+        if self.single_cls:
+            classes = np.zeros_like(classes)
+        s = Sample(img, boxes.copy(), classes.copy(), [sg.copy() for sg in segs], int(self.index.image_ids[i]),
+                   str(self.index.files[i]), (h0, w0))
+        sx, sy = img.shape[1] / w0, img.shape[0] / h0
+        return apply_ratio_pad(s, img, ((sx, sy), (0.0, 0.0)))
+
+    # ---- samples --------------------------------------------------------------------------
+    def __getitem__(self, k: int):
+        i = int(self.order[k])
+        if self.augment:
+            sample = self._train_sample(i)
+        else:
+            shape = tuple(self.batch_shapes[k]) if self.batch_shapes is not None else (self.img_size, self.img_size)
+            s = self.load_sample(i)
+            img, rp = letterbox(s.image, shape, scaleup=False)
+            sample = apply_ratio_pad(s, img, rp)
+        return to_tensors(sample)
+
+    def _train_sample(self, i: int) -> Sample:
+        hyp = self.hyp
+        if self.mosaic and random.random() < hyp["mosaic"]:
+            sample = self._mosaic(i)
+            if random.random() < hyp.get("mixup", 0):
+                sample = mixup(sample, self._mosaic(random.randrange(len(self))))
+        else:
+            s = self.load_sample(i)
+            img, rp = letterbox(s.image, self.img_size)
+            sample = random_perspective(apply_ratio_pad(s, img, rp), (self.img_size, self.img_size), hyp["degrees"],
+                                        hyp["translate"], hyp["scale"], hyp["shear"], hyp["perspective"])
+        sample = copy_paste(sample, hyp.get("copy_paste", 0)) if random.random() < 0.5 else sample
+        img = augment_hsv(sample.image, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
+        sample = Sample(img, sample.boxes, sample.classes, sample.segments, sample.image_id, sample.path,
+                        sample.orig_shape, sample.ratio_pad)
+        if random.random() < hyp.get("fliplr", 0):
+            sample = flip(sample, horizontal=True)
+        if random.random() < hyp.get("flipud", 0):
+            sample = flip(sample, horizontal=False)
+        return sample
+
+    def _mosaic(self, i: int) -> Sample:
+        ids = [i] + [random.randrange(len(self)) for _ in range(3)]
+        samples = [self.load_sample(j) for j in ids]
+        return mosaic4(samples, self.img_size, self.hyp)
+
+
+def _resized_bytes(h: int, w: int, size: int) -> int:
+    r = size / max(h, w)
+    return int(round(h * r) * round(w * r) * 3)
+
+
+def to_tensors(s: Sample) -> dict:
+    """What a worker sends back: CHW RGB uint8 image, labels, masks at 1/4 and metadata."""
+    img = np.ascontiguousarray(s.image[:, :, ::-1].transpose(2, 0, 1))
+    masks = rasterize(s.segments, s.image.shape[:2])
+    return {"image": torch.from_numpy(img), "boxes": torch.from_numpy(s.boxes.reshape(-1, 4).astype(np.float32)),
+            "classes": torch.from_numpy(s.classes.astype(np.int64)), "masks": torch.from_numpy(masks),
+            "image_id": s.image_id, "path": s.path, "orig_shape": s.orig_shape, "ratio_pad": s.ratio_pad}
+
+
+def collate(items: list[dict]) -> Batch:
+    """Pad images to the largest in the batch (rect batches share a shape already) and concatenate labels."""
+    h = max(it["image"].shape[1] for it in items)
+    w = max(it["image"].shape[2] for it in items)
+    images = torch.full((len(items), 3, h, w), 114, dtype=torch.uint8)
+    masks = torch.zeros((sum(len(it["classes"]) for it in items), h // 4, w // 4), dtype=torch.uint8)
+    n = 0
+    for b, it in enumerate(items):
+        _, ih, iw = it["image"].shape
+        images[b, :, :ih, :iw] = it["image"]
+        m = it["masks"]
+        masks[n:n + len(m), :m.shape[1], :m.shape[2]] = m
+        n += len(m)
+    batch_idx = torch.cat([torch.full((len(it["classes"]),), b, dtype=torch.int64) for b, it in enumerate(items)])
+    return Batch(images, batch_idx, torch.cat([it["classes"] for it in items]),
+                 torch.cat([it["boxes"] for it in items]).reshape(-1, 4), masks,
+                 [it["image_id"] for it in items], [it["path"] for it in items],
+                 [it["orig_shape"] for it in items], [it["ratio_pad"] for it in items])
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_dataset(data_cfg: DataConfig, split: str, img_size: int, batch_size: int, hyp: dict | None = None,
+                  augment: bool = False, rect: bool = False, cache: str | None = None, single_cls: bool = False,
+                  stride: int = 32) -> DetectionDataset:
+    index = load_index(data_cfg, split)
+    if len(index) == 0:
+        raise ConfigError(f"{data_cfg.source}: '{split}' has no usable images ({index.summary()})")
+    spec = data_cfg.splits[split]
+    if data_cfg.format == "coco":
+        ann_file = spec.annotations
+    else:
+        ann_file = write_coco_json(index, data_cfg.names, spec.labels.parent / f"{spec.labels.name}.coco.json")
+    cache_dir = (spec.annotations or spec.labels).parent / f".cache-{split}"
+    return DetectionDataset(index, img_size, hyp, augment, rect, batch_size, stride, data_cfg.names,
+                            data_cfg.category_ids, ann_file, single_cls, cache, cache_dir)
+
+
+def build_dataloader(data_cfg: DataConfig, split: str, img_size: int, batch_size: int, hyp: dict | None = None,
+                     augment: bool = False, rect: bool = False, cache: str | None = None, workers: int = 0,
+                     shuffle: bool = False, rank: int = -1, world_size: int = 1, seed: int = 0,
+                     single_cls: bool = False, stride: int = 32) -> tuple[DataLoader, DetectionDataset]:
+    dataset = build_dataset(data_cfg, split, img_size, batch_size, hyp, augment, rect, cache, single_cls, stride)
+    batch_size = max(1, min(batch_size, len(dataset)))
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed) \
+        if world_size > 1 else None
+    workers = max(0, min(workers, psutil.cpu_count() or 1, batch_size if batch_size > 1 else workers))
+    generator = torch.Generator()
+    generator.manual_seed(seed + max(rank, 0))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                        num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                        worker_init_fn=_seed_worker, generator=generator, persistent_workers=workers > 0,
+                        drop_last=False)
+    return loader, dataset
