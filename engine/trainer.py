@@ -129,7 +129,6 @@ class Trainer:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(self.run_config(), self.save_dir / "config.yaml")
             self.log = ResultsLog(self.save_dir, resume=self.resume_ckpt is not None)
-            LOG.info("%s", self.train_set.summary)
             self._plot_labels()
 
     def _restore(self, ckpt: dict) -> None:

@@ -1,0 +1,103 @@
+"""COCO bbox/segm scoring against the dataset's own annotation JSON (pycocotools is the
+reference). Imports no torch, so `val.py --ann-json A --pred-json P` starts fast."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
+class EvaluationError(RuntimeError):
+    """Scoring failed; the message says why (never swallowed)."""
+
+
+def load_results(pred: str | Path | list, gt) -> list[dict]:
+    """Read a COCO results file (or list) and check it against the ground truth's ids."""
+    if isinstance(pred, (str, Path)):
+        try:
+            pred = json.loads(Path(pred).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise EvaluationError(f"{pred}: cannot read results JSON: {e}") from None
+    if not isinstance(pred, list):
+        raise EvaluationError("results must be a JSON list of detections")
+    img_ids, cat_ids = set(gt.getImgIds()), set(gt.getCatIds())
+    for k, d in enumerate(pred):
+        if d.get("image_id") not in img_ids:
+            raise EvaluationError(f"results[{k}]: image_id {d.get('image_id')} is not in the annotation file")
+        if d.get("category_id") not in cat_ids:
+            raise EvaluationError(f"results[{k}]: category_id {d.get('category_id')} is not in the annotation file")
+    return pred
+
+
+def load_gt(ann_json: str | Path):
+    from pycocotools.coco import COCO
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(ann_json))
+    except Exception as e:  # pycocotools raises bare AssertionError/KeyError on bad files
+        raise EvaluationError(f"{ann_json}: cannot load COCO annotations: {type(e).__name__}: {e}") from e
+
+
+def score(ann_json: str | Path, results: str | Path | list, iou_types: tuple[str, ...] = ("bbox", "segm"),
+          img_ids: list[int] | None = None, gt=None) -> dict[str, dict]:
+    """{iou_type: {"stats": {name: value}, "per_class": {cat_id: AP50-95}}}."""
+    from pycocotools.cocoeval import COCOeval
+
+    gt = gt or load_gt(ann_json)
+    dets = load_results(results, gt)
+    out = {}
+    for iou_type in iou_types:
+        usable = [d for d in dets if ("segmentation" in d if iou_type == "segm" else "bbox" in d)]
+        if not usable:
+            out[iou_type] = {"stats": dict.fromkeys(STAT_NAMES, 0.0), "per_class": {}}
+            continue
+        buf = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buf):
+                dt = gt.loadRes([dict(d) for d in usable])
+                ev = COCOeval(gt, dt, iou_type)
+                if img_ids is not None:
+                    ev.params.imgIds = list(img_ids)
+                ev.evaluate()
+                ev.accumulate()
+                ev.summarize()
+        except Exception as e:
+            raise EvaluationError(f"COCO {iou_type} evaluation failed: {type(e).__name__}: {e}") from e
+        precision = ev.eval["precision"]  # (T, R, K, A, M)
+        per_class = {}
+        for k, cat in enumerate(ev.params.catIds):
+            p = precision[:, :, k, 0, -1]
+            per_class[int(cat)] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
+        out[iou_type] = {"stats": {n: float(v) for n, v in zip(STAT_NAMES, ev.stats)}, "per_class": per_class}
+    return out
+
+
+def format_tables(scores: dict[str, dict]) -> str:
+    lines = []
+    for iou_type, s in scores.items():
+        lines.append(f"--- {('box' if iou_type == 'bbox' else 'mask')} ({iou_type}) ---")
+        lines.append(_standard_table(s["stats"], iou_type))
+    return "\n".join(lines)
+
+
+def _standard_table(stats: dict[str, float], iou_type: str) -> str:
+    rows = [("Average Precision", "0.50:0.95", "all", 100, "AP"), ("Average Precision", "0.50", "all", 100, "AP50"),
+            ("Average Precision", "0.75", "all", 100, "AP75"), ("Average Precision", "0.50:0.95", "small", 100, "APs"),
+            ("Average Precision", "0.50:0.95", "medium", 100, "APm"),
+            ("Average Precision", "0.50:0.95", "large", 100, "APl"), ("Average Recall", "0.50:0.95", "all", 1, "AR1"),
+            ("Average Recall", "0.50:0.95", "all", 10, "AR10"), ("Average Recall", "0.50:0.95", "all", 100, "AR100"),
+            ("Average Recall", "0.50:0.95", "small", 100, "ARs"), ("Average Recall", "0.50:0.95", "medium", 100, "ARm"),
+            ("Average Recall", "0.50:0.95", "large", 100, "ARl")]
+    return "\n".join(f" {t:<18} {'(AP)' if t.endswith('Precision') else '(AR)'} @[ IoU={iou:<9} | area={area:>6} | "
+                     f"maxDets={md:>3} ] = {stats[k]:.3f}" for t, iou, area, md, k in rows)
+
+
+def per_class_table(per_class: dict[int, float], names_by_id: dict[int, str]) -> str:
+    vals = [(names_by_id.get(c, str(c)), v) for c, v in per_class.items() if not np.isnan(v)]
+    return "\n".join(f"  {n:<20} {v:.3f}" for n, v in vals)

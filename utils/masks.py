@@ -1,0 +1,68 @@
+"""Instance masks: prototypes -> per-instance masks, box cropping, RLE for COCO results."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from utils.boxes import RatioPad
+
+
+def crop_to_boxes(masks: Tensor, boxes: Tensor) -> Tensor:
+    """Zero everything outside each (N,4) xyxy box (in the masks' pixel space); masks (N,H,W)."""
+    n, h, w = masks.shape
+    x1, y1, x2, y2 = boxes[:, :, None, None].unbind(1)
+    cols = torch.arange(w, device=masks.device, dtype=boxes.dtype)[None, None, :]
+    rows = torch.arange(h, device=masks.device, dtype=boxes.dtype)[None, :, None]
+    return masks * ((cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2))
+
+
+def decode_masks(coef: Tensor, proto: Tensor, boxes_input: Tensor, input_shape: tuple[int, int],
+                 orig_shape: tuple[int, int], ratio_pad: RatioPad, retina: bool = False) -> Tensor:
+    """bool (N, h0, w0) masks in original pixels for one image.
+
+    coef (N,nm) @ proto (nm,h,w) -> logits; default: crop at proto resolution, upsample to the
+    input, remove the letterbox padding and resize to the original; retina: upsample the logits
+    to the unpadded input region first, crop there, then resize (full-resolution edges).
+    """
+    n = coef.shape[0]
+    h0, w0 = orig_shape
+    if n == 0:
+        return torch.zeros((0, h0, w0), dtype=torch.bool, device=coef.device)
+    nm, ph, pw = proto.shape
+    logits = (coef.float() @ proto.float().view(nm, -1)).view(n, ph, pw)
+    ih, iw = input_shape
+    (sx, sy), (px, py) = ratio_pad
+    top, left = int(round(py)), int(round(px))
+    bottom, right = int(round(py + h0 * sy)), int(round(px + w0 * sx))
+    if retina:
+        full = F.interpolate(logits[None], size=(ih, iw), mode="bilinear", align_corners=False)[0]
+        full = crop_to_boxes(full.sigmoid(), boxes_input)
+    else:
+        scale = boxes_input.new_tensor([pw / iw, ph / ih, pw / iw, ph / ih])
+        cropped = crop_to_boxes(logits.sigmoid(), boxes_input * scale)
+        full = F.interpolate(cropped[None], size=(ih, iw), mode="bilinear", align_corners=False)[0]
+    full = full[:, top:max(bottom, top + 1), left:max(right, left + 1)]
+    return F.interpolate(full[None], size=(h0, w0), mode="bilinear", align_corners=False)[0] > 0.5
+
+
+def encode_rle(masks: np.ndarray) -> list[dict]:
+    """bool (N,H,W) -> COCO RLEs with str counts (JSON-ready)."""
+    import pycocotools.mask as mask_utils
+
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for r in rles:
+        r["counts"] = r["counts"].decode("ascii")
+    return rles
+
+
+def polygons_to_mask(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """bool (H,W) from (K,2) polygons in pixels."""
+    import cv2
+
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [p.round().astype(np.int32) for p in polygons], 1)
+    return mask.astype(bool)

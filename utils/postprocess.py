@@ -1,0 +1,54 @@
+"""From the model's eval output to per-image Detections in original pixels: confidence filter,
+class-aware NMS, and mask decoding. Shared by the evaluator, the predictor and ONNX inference."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from utils.boxes import RatioPad, input_to_orig
+from utils.masks import decode_masks
+from utils.structures import Detections
+
+MAX_NMS_INPUT = 30000  # candidates kept (by score) before NMS, so a random model cannot stall it
+
+
+def select(pred: Tensor, nc: int, conf_thres: float, iou_thres: float, max_det: int, multi_label: bool,
+           classes: list[int] | None, agnostic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One image's (N, 4+nc+nm) -> kept (boxes, scores, classes, coefficients) in input pixels."""
+    boxes, scores, coefs = pred[:, :4], pred[:, 4:4 + nc], pred[:, 4 + nc:]
+    if multi_label:
+        i, j = (scores > conf_thres).nonzero(as_tuple=True)
+        conf = scores[i, j]
+    else:
+        conf, j = scores.max(1)
+        i = (conf > conf_thres).nonzero(as_tuple=True)[0]
+        conf, j = conf[i], j[i]
+    if classes is not None:
+        keep = torch.isin(j, torch.as_tensor(classes, device=j.device))
+        i, j, conf = i[keep], j[keep], conf[keep]
+    if conf.numel() > MAX_NMS_INPUT:
+        top = conf.topk(MAX_NMS_INPUT).indices
+        i, j, conf = i[top], j[top], conf[top]
+    b = boxes[i]
+    keep = batched_nms(b.float(), conf.float(), torch.zeros_like(j) if agnostic else j, iou_thres)[:max_det]
+    return b[keep], conf[keep], j[keep], coefs[i[keep]]
+
+
+def postprocess(pred: Tensor, proto: Tensor | None, input_shape: tuple[int, int],
+                orig_shapes: list[tuple[int, int]], ratio_pads: list[RatioPad], conf_thres: float = 0.25,
+                iou_thres: float = 0.45, max_det: int = 300, multi_label: bool = False,
+                classes: list[int] | None = None, agnostic: bool = False, retina_masks: bool = False,
+                nm: int = 0) -> list[Detections]:
+    """pred (B, N, 4+nc+nm) xyxy input pixels / class probabilities / mask coefficients."""
+    nm = proto.shape[1] if proto is not None else nm
+    nc = pred.shape[-1] - 4 - nm
+    out = []
+    for b in range(pred.shape[0]):
+        boxes, scores, cls, coefs = select(pred[b], nc, conf_thres, iou_thres, max_det, multi_label, classes, agnostic)
+        masks = None
+        if proto is not None:
+            masks = decode_masks(coefs, proto[b], boxes, input_shape, orig_shapes[b], ratio_pads[b], retina_masks)
+        out.append(Detections(input_to_orig(boxes.float(), ratio_pads[b], orig_shapes[b]), scores.float(),
+                              cls.long(), masks))
+    return out
