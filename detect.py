@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Run a trained model on images, folders, globs, .txt lists, videos, webcams and streams.
+
+    python detect.py                                   # newest runs/train/*/weights/best.pt on the sample images
+    python detect.py --weights best.pt --source photos/ --save-txt --save-json
+    python detect.py --weights best.pt --source clip.mp4          # same fps and frame count out
+    python detect.py --weights best.pt --source 0                 # webcam
+    python detect.py --weights model.onnx --source rtsp://host/stream
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+SAMPLES = ROOT / "datasets" / "coco-mini" / "images"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="", help="checkpoint .pt or exported .onnx (default: newest best.pt)")
+    p.add_argument("--source", default=str(SAMPLES), help="file, folder, glob, .txt list, video, webcam index or URL")
+    p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="default: the training size")
+    p.add_argument("--conf-thres", type=float, default=0.25)
+    p.add_argument("--iou-thres", type=float, default=0.45)
+    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these class indices")
+    p.add_argument("--agnostic-nms", action="store_true")
+    p.add_argument("--device", default="")
+    p.add_argument("--half", action="store_true", help="FP16 on CUDA")
+    p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (folders)")
+    p.add_argument("--save-txt", action="store_true", help="YOLO txt: class + polygon (masks) or box")
+    p.add_argument("--save-conf", action="store_true", help="append confidences to --save-txt lines")
+    p.add_argument("--save-json", action="store_true", help="predictions.json (COCO results, RLE masks)")
+    p.add_argument("--save-crop", action="store_true")
+    p.add_argument("--nosave", action="store_true", help="do not save annotated images/videos")
+    p.add_argument("--view-img", action="store_true")
+    p.add_argument("--retina-masks", action="store_true", help="masks at full resolution")
+    p.add_argument("--project", default="runs/detect")
+    p.add_argument("--name", default="exp")
+    p.add_argument("--exist-ok", action="store_true")
+    p.add_argument("--line-thickness", type=int, default=None)
+    p.add_argument("--hide-labels", action="store_true")
+    p.add_argument("--hide-conf", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    from engine.predictor import PredictOptions, Predictor
+    from engine.sources import SourceError
+    from utils.checkpoint import CheckpointError
+    from utils.paths import newest
+
+    if not args.weights:
+        found = newest("runs/train/*/weights/best.pt")
+        if found is None:
+            print("detect.py: error: no --weights given and no runs/train/*/weights/best.pt yet; "
+                  "train first with `python train.py`", file=sys.stderr)
+            return 2
+        args.weights = str(found)
+        print(f"using {found}")
+    try:
+        predictor = Predictor(PredictOptions(**{f.name: getattr(args, f.name) for f in fields(PredictOptions)
+                                                if f.name != "img_size"}))
+        predictor.opt.img_size = args.img_size or predictor.backend.default_size
+        predictor.run()
+    except (SourceError, CheckpointError, ValueError, OSError) as e:
+        print(f"detect.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Prediction over any source: batched letterboxed inference, shared postprocess, and writers for
+annotated images/videos, YOLO txt, COCO JSON and crops."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.augment import letterbox
+from engine.evaluator import to_coco_results
+from engine.sources import Frame, SkipReport, open_source
+from utils.checkpoint import atomic_write_text
+from utils.draw import draw
+from utils.dist import select_device
+from utils.paths import new_run_dir
+from utils.postprocess import postprocess
+from utils.structures import Detections
+
+LOG = logging.getLogger("gradpath.detect")
+
+
+@dataclass
+class PredictOptions:
+    weights: str
+    source: str
+    img_size: int = 640
+    conf_thres: float = 0.25
+    iou_thres: float = 0.45
+    max_det: int = 300
+    classes: list[int] | None = None
+    agnostic_nms: bool = False
+    device: str = ""
+    half: bool = False
+    batch_size: int = 8
+    save_txt: bool = False
+    save_conf: bool = False
+    save_json: bool = False
+    save_crop: bool = False
+    nosave: bool = False
+    view_img: bool = False
+    retina_masks: bool = False
+    project: str = "runs/detect"
+    name: str = "exp"
+    exist_ok: bool = False
+    line_thickness: int | None = None
+    hide_labels: bool = False
+    hide_conf: bool = False
+
+
+class TorchBackend:
+    def __init__(self, weights: str, device: torch.device, half: bool):
+        from engine.checkpoint import load_model
+
+        self.model, ckpt = load_model(weights, device, fuse=True)
+        self.half = half and device.type == "cuda"
+        if self.half:
+            self.model.half()
+        config = ckpt.get("config", {})
+        self.names = list(config.get("names") or [str(i) for i in range(self.model.nc)])
+        self.category_ids = list(config.get("category_ids") or range(len(self.names)))
+        self.stride, self.device = int(max(self.model.stride)), device
+        self.default_size = int(config.get("img_size", 640))
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor):
+        pred, proto = self.model(images.half() if self.half else images)
+        return pred.float(), None if proto is None else proto.float()
+
+
+def load_backend(weights: str, device: torch.device, half: bool):
+    if str(weights).endswith(".onnx"):
+        from engine.onnx_runner import OnnxBackend
+
+        return OnnxBackend(weights, device)
+    return TorchBackend(weights, device, half)
+
+
+@dataclass
+class Writers:
+    save_dir: Path
+    opt: PredictOptions
+    names: list[str]
+    category_ids: list[int]
+    videos: dict[str, cv2.VideoWriter] = field(default_factory=dict)
+    results: list[dict] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"images": 0, "frames": 0, "detections": 0})
+
+    def write(self, frame: Frame, dets: Detections) -> np.ndarray:
+        opt = self.opt
+        stem = Path(frame.path).stem
+        name = f"{stem}_{frame.index}" if frame.is_video else stem
+        self.counts["frames" if frame.is_video else "images"] += 1
+        self.counts["detections"] += len(dets)
+        annotated = draw(frame.image, dets, self.names, opt.line_thickness, opt.hide_labels, opt.hide_conf)
+        if not opt.nosave:
+            if frame.is_video:
+                self._video(frame, annotated)
+            else:
+                cv2.imwrite(str(self.save_dir / Path(frame.path).name), annotated)
+        if opt.save_txt:
+            self._txt(name, frame.image.shape[:2], dets)
+        if opt.save_json:
+            image_id = int(stem) if stem.isdigit() and not frame.is_video else name
+            self.results += [{**r, "file_name": Path(frame.path).name, "frame": frame.index}
+                             for r in to_coco_results(dets, 0, self.category_ids)]
+            for r in self.results[len(self.results) - len(dets):]:
+                r["image_id"] = image_id
+        if opt.save_crop:
+            self._crops(name, frame.image, dets)
+        return annotated
+
+    def _video(self, frame: Frame, img: np.ndarray) -> None:
+        writer = self.videos.get(frame.path)
+        if writer is None:
+            out = self.save_dir / (Path(frame.path).stem + ".mp4")
+            h, w = img.shape[:2]
+            writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps or 30.0, (w, h))
+            self.videos[frame.path] = writer
+        writer.write(img)
+
+    def _txt(self, name: str, shape: tuple[int, int], dets: Detections) -> None:
+        """YOLO format: class + normalised polygon (masks) or cx cy w h (boxes) [+ conf]."""
+        h, w = shape
+        lines = []
+        for k in range(len(dets)):
+            cls, conf = int(dets.classes[k]), float(dets.scores[k])
+            if dets.masks is not None:
+                coords = mask_polygon(dets.masks[k].cpu().numpy()) / np.array([w, h])
+            else:
+                x1, y1, x2, y2 = dets.boxes[k].tolist()
+                coords = np.array([(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h])
+            if coords.size == 0:
+                continue
+            vals = " ".join(f"{v:.6f}" for v in coords.reshape(-1))
+            lines.append(f"{cls} {vals}" + (f" {conf:.5f}" if self.opt.save_conf else ""))
+        labels = self.save_dir / "labels"
+        labels.mkdir(exist_ok=True)
+        (labels / f"{name}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+
+    def _crops(self, name: str, image: np.ndarray, dets: Detections) -> None:
+        for k, (box, c) in enumerate(zip(dets.boxes.tolist(), dets.classes.tolist())):
+            x1, y1, x2, y2 = (int(round(v)) for v in box)
+            crop = image[max(y1, 0):y2, max(x1, 0):x2]
+            if crop.size:
+                folder = self.save_dir / "crops" / self.names[c]
+                folder.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(folder / f"{name}_{k}.jpg"), crop)
+
+    def close(self) -> None:
+        for w in self.videos.values():
+            w.release()
+        if self.opt.save_json:
+            atomic_write_text(self.save_dir / "predictions.json", json.dumps(self.results))
+
+
+def mask_polygon(mask: np.ndarray) -> np.ndarray:
+    """The largest outer contour of a bool mask as (K,2) pixel points (empty when no pixels)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return np.zeros((0, 2))
+    return max(contours, key=len).reshape(-1, 2).astype(np.float64)
+
+
+class Predictor:
+    def __init__(self, opt: PredictOptions):
+        self.opt = opt
+        self.device = select_device(opt.device)
+        self.backend = load_backend(opt.weights, self.device, opt.half)
+        self.skips = SkipReport([])
+
+    def preprocess(self, frames: list[Frame]) -> tuple[torch.Tensor, list]:
+        imgs, rps = [], []
+        for f in frames:
+            img, rp = letterbox(f.image, self.opt.img_size, stride=self.backend.stride)
+            imgs.append(img[:, :, ::-1].transpose(2, 0, 1))
+            rps.append(rp)
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(imgs))).to(self.device).float() / 255.0
+        return x, rps
+
+    def infer(self, frames: list[Frame]) -> list[Detections]:
+        x, rps = self.preprocess(frames)
+        pred, proto = self.backend(x)
+        return postprocess(pred, proto, tuple(x.shape[-2:]), [f.image.shape[:2] for f in frames], rps,
+                           self.opt.conf_thres, self.opt.iou_thres, self.opt.max_det, classes=self.opt.classes,
+                           agnostic=self.opt.agnostic_nms, retina_masks=self.opt.retina_masks)
+
+    def run(self) -> dict:
+        opt = self.opt
+        frames = open_source(opt.source, self.skips)  # raises SourceError before a run folder is made
+        save_dir = new_run_dir(opt.project, opt.name, opt.exist_ok)
+        writers = Writers(save_dir, opt, self.backend.names, self.backend.category_ids)
+        t0, pending = time.perf_counter(), []
+        bar = tqdm(desc="detect", unit="frame", bar_format="{l_bar}{n_fmt} [{elapsed}, {rate_fmt}]")
+        try:
+            for frame in frames:
+                pending.append(frame)
+                if frame.is_video or len(pending) >= opt.batch_size:
+                    self._flush(pending, writers, bar)
+            self._flush(pending, writers, bar)
+        finally:
+            writers.close()
+            bar.close()
+        summary = {**writers.counts, "skipped": len(self.skips.skipped), "save_dir": str(save_dir),
+                   "seconds": time.perf_counter() - t0}
+        if self.skips.skipped:
+            LOG.warning("%s", self.skips)
+        LOG.info("%d images, %d video frames, %d detections, %d skipped in %.1fs. Results saved to %s",
+                 summary["images"], summary["frames"], summary["detections"], summary["skipped"],
+                 summary["seconds"], save_dir)
+        return summary
+
+    def _flush(self, pending: list[Frame], writers: Writers, bar) -> None:
+        if not pending:
+            return
+        for frame, dets in zip(pending, self.infer(pending)):
+            annotated = writers.write(frame, dets)
+            if self.opt.view_img:
+                cv2.imshow(frame.path, annotated)
+                cv2.waitKey(1)
+        bar.update(len(pending))
+        pending.clear()

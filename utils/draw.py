@@ -1,0 +1,46 @@
+"""Drawing detections: semi-transparent instance masks, boxes, labels with scores."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from utils.structures import Detections
+
+PALETTE = np.array([[56, 56, 255], [151, 157, 255], [31, 112, 255], [29, 178, 255], [49, 210, 207], [10, 249, 72],
+                    [23, 204, 146], [134, 219, 61], [52, 147, 26], [187, 212, 0], [168, 153, 44], [255, 194, 0],
+                    [147, 69, 52], [255, 115, 100], [236, 24, 0], [255, 56, 132], [133, 0, 82], [255, 56, 203],
+                    [200, 149, 255], [199, 55, 255]], np.uint8)
+
+
+def color(cls: int) -> tuple[int, int, int]:
+    return tuple(int(v) for v in PALETTE[cls % len(PALETTE)])
+
+
+def draw(image: np.ndarray, dets: Detections, names: list[str], line_width: int | None = None,
+         hide_labels: bool = False, hide_conf: bool = False, alpha: float = 0.45) -> np.ndarray:
+    """A copy of `image` (BGR) with the detections drawn; masks blended at `alpha`."""
+    out = image.copy()
+    lw = line_width or max(round(sum(image.shape[:2]) / 2 * 0.003), 2)
+    classes = dets.classes.tolist()
+    if dets.masks is not None and len(dets):
+        masks = dets.masks.cpu().numpy()
+        overlay = out.copy()
+        for m, c in zip(masks, classes):
+            overlay[m] = color(c)
+        any_mask = masks.any(0)
+        out[any_mask] = cv2.addWeighted(overlay, alpha, out, 1 - alpha, 0)[any_mask]
+    for box, score, c in zip(dets.boxes.tolist(), dets.scores.tolist(), classes):
+        p1, p2 = (int(box[0]), int(box[1])), (int(box[2]), int(box[3]))
+        cv2.rectangle(out, p1, p2, color(c), lw, cv2.LINE_AA)
+        if hide_labels:
+            continue
+        label = names[c] if c < len(names) else str(c)
+        text = label if hide_conf else f"{label} {score:.2f}"
+        fs = lw / 3
+        (tw, th), _ = cv2.getTextSize(text, 0, fs, max(lw - 1, 1))
+        top = p1[1] - th - 3 >= 0
+        q2 = (p1[0] + tw, p1[1] - th - 3 if top else p1[1] + th + 3)
+        cv2.rectangle(out, p1, q2, color(c), -1, cv2.LINE_AA)
+        cv2.putText(out, text, (p1[0], p1[1] - 2 if top else p1[1] + th + 2), 0, fs, (255, 255, 255),
+                    max(lw - 1, 1), cv2.LINE_AA)
+    return out

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Validate a checkpoint on a dataset (COCO AP^box and AP^mask), or score a results file.
+
+    python val.py --weights runs/train/exp/weights/best.pt --data cfg/data/coco.yaml
+    python val.py --weights best.pt --task speed            # ms per image: pre-process, inference, NMS
+    python val.py --ann-json instances_val2017.json --pred-json predictions.json   # no model, no torch
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="", help="gradpath checkpoint (.pt)")
+    p.add_argument("--data", default="", help="dataset YAML (default: the one the checkpoint was trained on)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="default: the training size")
+    p.add_argument("--conf-thres", type=float, default=0.001)
+    p.add_argument("--iou-thres", type=float, default=0.65, help="NMS IoU")
+    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--task", choices=["val", "test", "speed"], default="val")
+    p.add_argument("--device", default="", help="cpu, 0, ...")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--half", action="store_true", help="FP16 inference on CUDA")
+    p.add_argument("--retina-masks", action="store_true", help="masks decoded at full resolution")
+    p.add_argument("--save-json", action="store_true", help="write predictions.json (COCO results, RLE masks)")
+    p.add_argument("--save-txt", action="store_true", help="write labels/*.txt (class cx cy w h conf, normalised)")
+    p.add_argument("--verbose", action="store_true", help="per-class AP")
+    p.add_argument("--project", default="runs/val")
+    p.add_argument("--name", default="exp")
+    p.add_argument("--exist-ok", action="store_true")
+    p.add_argument("--ann-json", default="", help="score an existing results file against this COCO JSON")
+    p.add_argument("--pred-json", default="", help="COCO results file to score (with --ann-json)")
+    return p.parse_args(argv)
+
+
+def score_files(ann_json: str, pred_json: str) -> int:
+    """The model-free path: imports no torch."""
+    from engine.coco_eval import EvaluationError, format_tables, score
+
+    try:
+        preds = json.loads(Path(pred_json).read_text())
+        types = ("bbox", "segm") if any("segmentation" in d for d in preds) else ("bbox",)
+        print(format_tables(score(ann_json, pred_json, types)))
+    except (EvaluationError, OSError, json.JSONDecodeError) as e:
+        print(f"val.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def write_txt(results: list[dict], shapes: dict[int, tuple[int, int]], cat_index: dict[int, int], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    lines: dict[int, list[str]] = {i: [] for i in shapes}
+    for d in results:
+        h, w = shapes[d["image_id"]]
+        x, y, bw, bh = d["bbox"]
+        lines[d["image_id"]].append(f"{cat_index[d['category_id']]} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} "
+                                    f"{bw / w:.6f} {bh / h:.6f} {d['score']:.5f}")
+    for image_id, ls in lines.items():
+        (out / f"{image_id}.txt").write_text("\n".join(ls) + ("\n" if ls else ""))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.ann_json or args.pred_json:
+        if not (args.ann_json and args.pred_json):
+            print("val.py: error: --ann-json and --pred-json go together", file=sys.stderr)
+            return 2
+        return score_files(args.ann_json, args.pred_json)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from engine.validate import run_validation
+
+    return run_validation(args, write_txt)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
