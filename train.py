@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
     p.add_argument("--weights", default=d.weights, help="initial weights: a gradpath checkpoint (matching layers are loaded)")
     p.add_argument("--cfg", default=d.cfg, help="model cfg YAML (cfg/models/*.yaml)")
     p.add_argument("--data", default=d.data, help="dataset YAML (cfg/data/*.yaml)")
-    p.add_argument("--hyp", default=d.hyp, help="hyperparameter YAML")
+    p.add_argument("--hyp", default=None, help="hyperparameter YAML (default: the data YAML's train_defaults, else cfg/hyp/hyp.scratch-high.yaml)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the data YAML's train_defaults, else 300)")
     p.add_argument("--batch-size", type=int, default=None, help="total batch size over all GPUs (default: data YAML, else 16)")
     p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="train/val image size in pixels (default: data YAML, else 640)")

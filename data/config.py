@@ -11,7 +11,7 @@ from utils.paths import REPO_ROOT
 
 KNOWN_KEYS = {"format", "path", "train", "val", "test", "names", "nc", "train_defaults", "download"}
 SPLIT_KEYS = {"images", "annotations", "labels", "list"}
-DEFAULT_KEYS = {"epochs", "batch_size", "img_size"}
+DEFAULT_KEYS = {"epochs", "batch_size", "img_size", "hyp"}
 
 
 @dataclass
@@ -107,6 +107,7 @@ def load_data_config(path: str | Path) -> DataConfig:
         raise ConfigError(f"{src}: 'nc' is {raw['nc']} but there are {len(names)} names")
     defaults = raw.get("train_defaults") or {}
     if not isinstance(defaults, dict) or set(defaults) - DEFAULT_KEYS or not all(
-            isinstance(v, int) and v > 0 for v in defaults.values()):
-        raise ConfigError(f"{src}: 'train_defaults' takes positive integers for {sorted(DEFAULT_KEYS)}")
+            isinstance(v, str) if k == "hyp" else (isinstance(v, int) and v > 0) for k, v in defaults.items()):
+        raise ConfigError(f"{src}: 'train_defaults' takes positive integers for epochs, batch_size, img_size "
+                          f"and a hyp YAML path")
     return DataConfig(Path(src).stem, fmt, root, splits, list(names), ids, src, dict(defaults))

@@ -11,7 +11,7 @@ class TrainOptions:
     weights: str = ""
     cfg: str = "cfg/models/gp-n-seg.yaml"
     data: str = "cfg/data/coco-mini.yaml"
-    hyp: str = "cfg/hyp/hyp.scratch-high.yaml"
+    hyp: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
     img_size: int | None = None
@@ -39,4 +39,4 @@ class TrainOptions:
 
 
 # Training defaults where neither the data YAML (its `train_defaults:`) nor a flag sets a value.
-FALLBACK = {"epochs": 300, "batch_size": 16, "img_size": 640}
+FALLBACK = {"epochs": 300, "batch_size": 16, "img_size": 640, "hyp": "cfg/hyp/hyp.scratch-high.yaml"}

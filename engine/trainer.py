@@ -31,7 +31,6 @@ from utils.paths import new_run_dir, resolve_repo_path
 from utils.structures import Batch
 
 LOG = logging.getLogger("gradpath.train")
-NOMINAL_BATCH = 64
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run stops
 
 
@@ -49,9 +48,11 @@ class Trainer:
         self.device = select_device(opt.device, self.dist)
         init_distributed(self.dist, self.device)
         self.resume_ckpt: dict | None = self._resume_checkpoint() if opt.resume else None
-        self.hyp = load_hyp(opt.hyp)
-        self.data_cfg = load_data_config(opt.data)
+        self.data_cfg = load_data_config(self.opt.data)
         self._apply_data_defaults()
+        self.hyp = load_hyp(self.opt.hyp)
+        if self.opt.close_mosaic is not None:
+            self.hyp["close_mosaic"] = self.opt.close_mosaic
         seed_everything(opt.seed, self.dist.rank)
         self.save_dir = self._run_dir()
         self.weights_dir = self.save_dir / "weights"
@@ -76,9 +77,7 @@ class Trainer:
         defaults = {**FALLBACK, **(getattr(self.data_cfg, "train_defaults", None) or {})}
         for key in FALLBACK:
             if getattr(self.opt, key) is None:
-                setattr(self.opt, key, int(defaults[key]))
-        if self.opt.close_mosaic is not None:
-            self.hyp["close_mosaic"] = self.opt.close_mosaic
+                setattr(self.opt, key, defaults[key])
 
     def _run_dir(self) -> Path:
         if self.resume_ckpt is not None:
@@ -109,8 +108,9 @@ class Trainer:
                 self.data_cfg, "val", opt.img_size, opt.batch_size // max(self.dist.world_size, 1) * 2,
                 None, augment=False, rect=True, cache=opt.cache, workers=opt.workers,
                 single_cls=opt.single_cls, stride=self.stride)
-        self.accumulate = max(round(NOMINAL_BATCH / opt.batch_size), 1)
-        hyp["weight_decay"] *= opt.batch_size * self.accumulate / NOMINAL_BATCH
+        nbs = hyp["nominal_batch"]
+        self.accumulate = max(round(nbs / opt.batch_size), 1)
+        hyp["weight_decay"] *= opt.batch_size * self.accumulate / nbs
         self.optimizer = build_optimizer(self.model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
         self.lf = lr_lambda(opt.epochs, hyp["lrf"], opt.linear_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)

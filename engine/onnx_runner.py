@@ -1,0 +1,37 @@
+"""Inference through onnxruntime with the same interface as the PyTorch backend."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.sources import SourceError
+
+
+class OnnxBackend:
+    def __init__(self, path: str | Path, device: torch.device):
+        import onnxruntime as ort
+
+        if not Path(path).is_file():
+            raise SourceError(f"--weights {path}: ONNX file not found")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.names = json.loads(meta.get("names", "[]"))
+        self.category_ids = json.loads(meta.get("category_ids", "[]")) or list(range(len(self.names)))
+        self.stride = int(meta.get("stride", 32))
+        self.default_size = int(meta.get("img_size", 640))
+        self.device = device
+        shape = self.session.get_inputs()[0].shape
+        self.fixed = None if isinstance(shape[2], str) else (int(shape[2]), int(shape[3]))
+        self.half = self.session.get_inputs()[0].type == "tensor(float16)"
+
+    def __call__(self, images: torch.Tensor):
+        x = images.cpu().numpy().astype(np.float16 if self.half else np.float32)
+        if self.fixed and tuple(x.shape[2:]) != self.fixed:
+            raise ValueError(f"this ONNX model takes {self.fixed[0]}x{self.fixed[1]} inputs; "
+                             f"use --img-size {self.fixed[0]} or export with --dynamic")
+        outs = [torch.from_numpy(o.astype(np.float32)).to(self.device) for o in self.session.run(None, {"images": x})]
+        return outs[0], (outs[1] if len(outs) > 1 else None)

@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Export a checkpoint to ONNX (checked against PyTorch with onnxruntime).
+
+    python export.py --weights runs/train/exp/weights/best.pt --format onnx [--dynamic] [--img-size 640]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="gradpath checkpoint (.pt)")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="default: the training size")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch and image size")
+    p.add_argument("--half", action="store_true", help="FP16 (needs --device 0)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="output path (default: weights with .onnx)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    from engine.export import export_onnx
+    from utils.checkpoint import CheckpointError
+
+    try:
+        out, diff = export_onnx(args.weights, args.img_size, args.dynamic, args.half, args.opset, args.out,
+                                args.device)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"export.py: error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {out} (onnxruntime vs PyTorch max abs diff {diff:.2e})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
