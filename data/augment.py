@@ -42,17 +42,39 @@ def apply_ratio_pad(sample: Sample, image: np.ndarray, rp: RatioPad) -> Sample:
                   ((ox * sx, oy * sy), (opx * sx + px, opy * sy + py)))
 
 
-def boxes_from_segments(segs: list[np.ndarray], w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N,4) boxes of the polygon parts inside the image, and a mask of instances still visible."""
+def _clip_half_plane(p: np.ndarray, axis: int, bound: float, keep_below: bool) -> np.ndarray:
+    """One Sutherland-Hodgman step, vectorised: the part of polygon p on one side of x|y = bound."""
+    if len(p) == 0:
+        return p
+    q = np.roll(p, -1, 0)  # edge i runs p[i] -> q[i]
+    a, b = p[:, axis] - bound, q[:, axis] - bound
+    in_p, in_q = (a <= 0, b <= 0) if keep_below else (a >= 0, b >= 0)
+    t = np.divide(a, a - b, out=np.zeros_like(a), where=(a - b) != 0)[:, None]
+    cross = p + t * (q - p)
+    # per edge: the crossing point (when the edge crosses), then q (when q is inside)
+    pts = np.stack([cross, q], 1)
+    valid = np.stack([in_p != in_q, in_q], 1)
+    return pts[valid].astype(np.float32)
+
+
+def clip_polygon(s: np.ndarray, w: int, h: int) -> np.ndarray:
+    """The polygon's intersection with the image rectangle [0,w]x[0,h] (possibly empty)."""
+    for axis, bound, below in ((0, 0, False), (0, w, True), (1, 0, False), (1, h, True)):
+        s = _clip_half_plane(s, axis, bound, below)
+    return s
+
+
+def boxes_from_segments(segs: list[np.ndarray], w: int, h: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Polygons clipped to the image, their (N,4) bounds (exactly what their masks cover), and
+    which instances are still visible."""
+    clipped = [clip_polygon(s, w, h) for s in segs]
     boxes = np.zeros((len(segs), 4), np.float32)
     keep = np.zeros(len(segs), bool)
-    for i, s in enumerate(segs):
-        inside = (s[:, 0] >= 0) & (s[:, 0] <= w) & (s[:, 1] >= 0) & (s[:, 1] <= h)
-        pts = s[inside]
-        if len(pts) >= 2:
-            boxes[i] = [pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()]
+    for i, c in enumerate(clipped):
+        if len(c) >= 3:
+            boxes[i] = [c[:, 0].min(), c[:, 1].min(), c[:, 0].max(), c[:, 1].max()]
             keep[i] = True
-    return boxes, keep
+    return clipped, boxes, keep
 
 
 def resample_segment(s: np.ndarray, n: int = 200) -> np.ndarray:
@@ -99,13 +121,13 @@ def random_perspective(sample: Sample, out_hw: tuple[int, int], degrees=0.0, tra
 def filter_instances(sample: Sample, old_area_scale: float = 1.0, min_size: float = 2.0) -> Sample:
     """Clip polygons to the image, recompute boxes, drop instances that became too small/thin."""
     h, w = sample.image.shape[:2]
-    boxes, keep = boxes_from_segments(sample.segments, w, h)
+    clipped, boxes, keep = boxes_from_segments(sample.segments, w, h)
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     old = sample.boxes
     old_area = (old[:, 2] - old[:, 0]) * (old[:, 3] - old[:, 1]) * old_area_scale if len(old) else np.zeros(0)
     ar = np.maximum(bw / (bh + 1e-9), bh / (bw + 1e-9))
     keep &= (bw > min_size) & (bh > min_size) & (bw * bh / (old_area + 1e-9) > 0.1) & (ar < 20)
-    segs = [np.clip(s, 0, [w, h]).astype(np.float32) for s, k in zip(sample.segments, keep) if k]
+    segs = [s for s, k in zip(clipped, keep) if k]
     return Sample(sample.image, boxes[keep], sample.classes[keep], segs, sample.image_id, sample.path,
                   sample.orig_shape, sample.ratio_pad)
 

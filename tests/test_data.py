@@ -1,0 +1,202 @@
+"""Data: COCO vs YOLO labels, augmentations keep boxes = mask bounds, letterbox inverse, the
+label index cache, bad input counted and skipped, crowd kept out of training targets."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from data.augment import copy_paste, flip, letterbox, mixup, mosaic4, random_perspective
+from data.config import load_data_config
+from data.datasets import load_index
+from data.loader import build_dataloader
+from utils.config import ConfigError, load_hyp
+from utils.masks import polygons_to_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "cfg/data/coco-mini.yaml"
+
+
+def _yaml(tmp_path: Path, body: dict) -> Path:
+    p = tmp_path / "data.yaml"
+    p.write_text(yaml.safe_dump(body))
+    return p
+
+
+def _check_boxes_match_masks(sample, name, tol=2.0):
+    h, w = sample.image.shape[:2]
+    for box, seg in zip(sample.boxes, sample.segments):
+        m = polygons_to_mask([seg], (h, w))
+        if m.sum() < 20:
+            continue
+        ys, xs = np.nonzero(m)
+        got = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        assert np.abs(got - box).max() <= tol + 1, (name, got.tolist(), box.tolist())
+
+
+def test_coco_and_yolo_give_same_boxes(shared_data, tmp_path):
+    dev = shared_data / "dev/coco_dev32"
+    coco = load_data_config(_yaml(tmp_path, {"format": "coco", "path": str(dev),
+                                             "val": {"images": "images", "annotations": "annotations/instances_val.json"}}))
+    tmp2 = tmp_path / "y"
+    tmp2.mkdir()
+    shutil.copytree(dev / "labels", tmp2 / "labels")
+    names = yaml.safe_load((dev / "coco_dev32-seg.yaml").read_text())["names"]
+    val_imgs = [(dev / line.strip()).resolve() for line in (dev / "val.txt").read_text().splitlines() if line.strip()]
+    (tmp2 / "val.txt").write_text("\n".join(str(p) for p in val_imgs))
+    yolo = load_data_config(_yaml(tmp2, {"format": "yolo", "path": str(tmp2), "names": names,
+                                         "val": {"images": str(dev / "images"), "labels": "labels", "list": "val.txt"}}))
+    ci, yi = load_index(coco, "val"), load_index(yolo, "val")
+    by_file = {Path(f).name: k for k, f in enumerate(yi.files)}
+    assert len(ci) == len(yi) == 8
+    for k, f in enumerate(ci.files):
+        cb, cc, _ = ci.instances(k)
+        yb, yc, _ = yi.instances(by_file[Path(f).name])
+        order_c, order_y = np.lexsort(cb.T[::-1]), np.lexsort(yb.T[::-1])
+        assert (cc[order_c] == yc[order_y]).all()
+        assert np.abs(cb[order_c] - yb[order_y]).max() < 1.5  # polygon extent vs JSON bbox, rounding
+
+
+@pytest.fixture(scope="module")
+def train_set():
+    _, ds = build_dataloader(load_data_config(MINI), "train", 256, 4, load_hyp(), augment=True)
+    return ds
+
+
+def test_every_augmentation_keeps_boxes_on_masks(train_set):
+    random.seed(1)
+    np.random.seed(1)
+    hyp = {**load_hyp(), "degrees": 10.0, "shear": 3.0, "perspective": 0.0005}
+    samples = [train_set.load_sample(i) for i in range(4)]
+    ops = {
+        "perspective": lambda: random_perspective(samples[0], (256, 256), 10, 0.1, 0.5, 3, 0.0005),
+        "mosaic": lambda: mosaic4(samples, 256, hyp),
+        "flip_lr": lambda: flip(samples[1], True),
+        "flip_ud": lambda: flip(samples[2], False),
+        "copy_paste": lambda: copy_paste(samples[3], 1.0),
+        "mixup": lambda: mixup(mosaic4(samples, 256, hyp), mosaic4(samples[::-1], 256, hyp)),
+    }
+    for name, op in ops.items():
+        for _ in range(3):
+            s = op()
+            assert len(s.boxes) == len(s.classes) == len(s.segments), name
+            _check_boxes_match_masks(s, name)
+
+
+def test_batches_follow_the_contract(train_set):
+    loader, _ = build_dataloader(load_data_config(MINI), "train", 256, 4, load_hyp(), augment=True, shuffle=True)
+    b = next(iter(loader))
+    assert b.images.dtype.is_floating_point is False and tuple(b.images.shape) == (4, 3, 256, 256)
+    assert b.masks.shape == (len(b.classes), 64, 64) and b.boxes.shape == (len(b.classes), 4)
+    assert set(b.batch_idx.tolist()) <= {0, 1, 2, 3} and int(b.classes.max()) < 80
+    for k in range(len(b.classes)):  # each mask lies inside its box (at 1/4 resolution)
+        ys, xs = np.nonzero(b.masks[k].numpy())
+        if len(xs):
+            x1, y1, x2, y2 = (b.boxes[k] / 4).tolist()
+            assert xs.min() >= x1 - 1.5 and xs.max() <= x2 + 0.5 and ys.min() >= y1 - 1.5 and ys.max() <= y2 + 0.5
+
+
+def test_letterbox_inverse_mapping():
+    img = np.zeros((427, 640, 3), np.uint8)
+    out, ((sx, sy), (px, py)) = letterbox(img, 320)
+    assert out.shape == (320, 320, 3)
+    pts = np.array([[0, 0], [639, 426], [100.5, 200.25]])
+    back = ((pts * [sx, sy] + [px, py]) - [px, py]) / [sx, sy]
+    assert np.allclose(back, pts)
+    assert abs(427 * sy + 2 * py - 320) <= 1
+
+
+def test_val_rect_batches_and_metadata():
+    loader, ds = build_dataloader(load_data_config(MINI), "val", 320, 4, rect=True)
+    shapes = [tuple(b.images.shape[-2:]) for b in loader]
+    assert all(h % 32 == 0 and w % 32 == 0 and max(h, w) == 320 for h, w in shapes)
+    assert any(h < 320 for h, _ in shapes)  # rectangular, not square
+    b = next(iter(loader))
+    (sx, sy), _ = b.ratio_pads[0]
+    assert abs(b.orig_shapes[0][1] * sx - 320) < 1 or abs(b.orig_shapes[0][0] * sy - 320) < 1
+
+
+def test_crowd_kept_out_of_targets_but_in_ann_file():
+    index = load_index(load_data_config(MINI), "val")
+    data = json.loads((ROOT / "datasets/coco-mini/annotations/instances_val.json").read_text())
+    crowd = sum(a["iscrowd"] for a in data["annotations"])
+    assert crowd > 0 and index.counts["crowd"] == crowd
+    assert len(index.classes) == len(data["annotations"]) - crowd
+
+
+def _broken_copy(tmp_path: Path) -> Path:
+    """coco-mini val with a truncated JPEG, a missing image and bad annotations."""
+    src = ROOT / "datasets/coco-mini"
+    data = json.loads((src / "annotations/instances_val.json").read_text())
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    for im in data["images"]:
+        shutil.copy(src / "images" / im["file_name"], img_dir)
+    first, second = data["images"][0], data["images"][1]
+    raw = (img_dir / first["file_name"]).read_bytes()
+    (img_dir / first["file_name"]).write_bytes(raw[: len(raw) // 2])  # truncated
+    (img_dir / second["file_name"]).unlink()  # missing
+    anns = data["annotations"]
+    anns.append({**anns[0], "id": 10**12, "category_id": 9999})              # unknown category
+    anns.append({**anns[0], "id": 10**12 + 1, "image_id": 42})                # unknown image
+    anns.append({**anns[0], "id": 10**12 + 2, "bbox": [5, 5, 0, 10]})         # zero width
+    anns.append({**anns[0], "id": 10**12 + 3})                                # duplicate
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    return _yaml(tmp_path, {"format": "coco", "path": str(tmp_path),
+                            "val": {"images": "images", "annotations": "ann.json"}})
+
+
+def test_bad_input_is_counted_and_skipped(tmp_path):
+    cfg = load_data_config(_broken_copy(tmp_path))
+    index = load_index(cfg, "val")
+    c = index.counts
+    assert (c["corrupt"], c["missing"], c["bad_labels"], c["duplicates"]) == (1, 1, 3, 1)
+    assert c["images"] == 6 and "corrupt 1" in index.summary()
+    loader, _ = build_dataloader(cfg, "val", 128, 4, rect=True)
+    assert sum(len(b) for b in loader) == 6
+
+
+def test_index_is_rebuilt_when_labels_change(tmp_path):
+    path = _broken_copy(tmp_path)
+    cfg = load_data_config(path)
+    first = load_index(cfg, "val")
+    cache = tmp_path / "ann.index.npz"
+    assert cache.is_file()
+    assert load_index(cfg, "val").counts == first.counts  # from the cache
+    data = json.loads((tmp_path / "ann.json").read_text())
+    data["annotations"] = data["annotations"][:10]
+    time.sleep(0.01)
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    assert len(load_index(cfg, "val").classes) < len(first.classes)
+
+
+def test_yolo_label_errors_name_file_and_line(tmp_path, caplog):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    shutil.copy(ROOT / "datasets/coco-mini/images/000000000790.jpg", tmp_path / "images/a.jpg")
+    (tmp_path / "labels/a.txt").write_text("0 0.5 0.5 0.2 0.2\n99 0.5 0.5 0.1 0.1\n1 0.1 0.1\nx y z w h\n"
+                                           "2 nan 0.5 0.1 0.1\n3 0.1 0.1 0.2 0.1 0.2 0.3\n")
+    cfg = load_data_config(_yaml(tmp_path, {"format": "yolo", "path": str(tmp_path), "names": ["a", "b", "c", "d"],
+                                            "train": {"images": "images", "labels": "labels"}}))
+    index = load_index(cfg, "train")
+    assert index.classes.tolist() == [0, 3] and index.counts["bad_labels"] == 4
+    assert "a.txt:2: class 99 out of range" in caplog.text and "a.txt:3" in caplog.text
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"format": "coco", "path": "TMP", "val": {"images": ".", "annotations": "nope.json"}}, "val.annotations"),
+    ({"format": "coco", "path": "TMP", "bogus": 1}, "unknown key"),
+    ({"format": "yolo", "path": "TMP", "nc": 3, "names": ["a", "b"], "train": {"images": ".", "labels": "."}},
+     "'nc' is 3 but there are 2 names"),
+    ({"format": "coco", "path": "/no/such/dir"}, "'path' folder not found"),
+])
+def test_dataset_yaml_errors(tmp_path, body, message):
+    body = json.loads(json.dumps(body).replace("TMP", str(tmp_path)))
+    with pytest.raises(ConfigError, match=message):
+        load_data_config(_yaml(tmp_path, body))
