@@ -139,7 +139,7 @@ class Writers:
             if coords.size == 0:
                 continue
             vals = " ".join(f"{v:.6f}" for v in coords.reshape(-1))
-            lines.append(f"{cls} {vals}" + (f" {conf:.5f}" if self.opt.save_conf else ""))
+            lines.append(f"{cls} {vals}" + (f" {conf:.6g}" if self.opt.save_conf else ""))
         labels = self.save_dir / "labels"
         labels.mkdir(exist_ok=True)
         (labels / f"{name}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
