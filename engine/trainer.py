@@ -273,7 +273,7 @@ class Trainer:
             metrics, fitness = result.summary(), float(result.fitness)
         lrs = {f"lr/pg{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)}
         self.log.epoch(epoch, {**{f"train/{k}": v for k, v in losses.items()}, **metrics, **lrs})
-        improved = fitness > self.best_fitness
+        improved = fitness > self.best_fitness or self.opt.noval  # without validation the newest is best
         if improved:
             self.best_fitness = fitness
         if not self.opt.nosave or final:
