@@ -75,10 +75,11 @@ def predict_loader(model: nn.Module, loader, device: torch.device, conf_thres: f
     model.eval()
     results, img_ids, times = [], [], np.zeros(3)
     dtype = torch.float16 if half and device.type == "cuda" else torch.float32
-    model = model.to(device=device, dtype=dtype)
+    model = model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
     for batch in tqdm(loader, desc="val", bar_format="{l_bar}{bar:10}{r_bar}", leave=False):
         t0 = time.perf_counter()
-        images = batch.images.to(device, non_blocking=True).to(dtype) / 255.0
+        images = (batch.images.to(device, non_blocking=True).to(dtype) / 255.0).contiguous(
+            memory_format=torch.channels_last)
         t1 = time.perf_counter()
         pred, proto = model(images)
         if device.type == "cuda":
@@ -91,7 +92,7 @@ def predict_loader(model: nn.Module, loader, device: torch.device, conf_thres: f
             results += to_coco_results(d, image_id, category_ids)
             img_ids.append(int(image_id))
         times += [t1 - t0, t2 - t1, time.perf_counter() - t2]
-    model.float()
+    model.to(dtype=torch.float32, memory_format=torch.contiguous_format)
     return results, img_ids, times * 1e3 / max(len(img_ids), 1)
 
 

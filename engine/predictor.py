@@ -59,6 +59,7 @@ class TorchBackend:
         from engine.checkpoint import load_model
 
         self.model, ckpt = load_model(weights, device, fuse=True)
+        self.model.to(memory_format=torch.channels_last)  # 2-3x faster convolutions on CPU (oneDNN)
         self.half = half and device.type == "cuda"
         if self.half:
             self.model.half()
@@ -68,8 +69,9 @@ class TorchBackend:
         self.stride, self.device = int(max(self.model.stride)), device
         self.default_size = int(config.get("img_size", 640))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, images: torch.Tensor):
+        images = images.contiguous(memory_format=torch.channels_last)
         pred, proto = self.model(images.half() if self.half else images)
         return pred.float(), None if proto is None else proto.float()
 
@@ -177,8 +179,9 @@ class Predictor:
 
     def preprocess(self, frames: list[Frame]) -> tuple[torch.Tensor, list]:
         imgs, rps = [], []
+        auto = len(frames) == 1 and not getattr(self.backend, "fixed", None)  # one frame: pad only to the stride
         for f in frames:
-            img, rp = letterbox(f.image, self.opt.img_size, stride=self.backend.stride)
+            img, rp = letterbox(f.image, self.opt.img_size, auto=auto, stride=self.backend.stride)
             imgs.append(img[:, :, ::-1].transpose(2, 0, 1))
             rps.append(rp)
         x = torch.from_numpy(np.ascontiguousarray(np.stack(imgs))).to(self.device).float() / 255.0

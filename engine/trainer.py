@@ -258,7 +258,7 @@ class Trainer:
             self.ema.update(unwrap(self.model))
 
     def _log_grads(self) -> None:
-        from models.diagnostics import stage_grad_norms
+        from models.gradpath import stage_grad_norms
 
         for name, value in stage_grad_norms(unwrap(self.model)).items():
             self.log.scalar(f"grads/{name}", value, self.global_step)

@@ -110,7 +110,7 @@ def test_missing_source_fails_clearly(weights, tmp_path):
 
 
 def test_onnx_export_matches_pytorch_and_detects_the_same(weights, tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(weights), "--img-size", "128",
+    r = subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(weights), "--img-size", "128", "--dynamic",
                         "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     diff = float(r.stdout.split("max abs diff ")[1].split(")")[0])

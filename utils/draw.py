@@ -25,10 +25,15 @@ def draw(image: np.ndarray, dets: Detections, names: list[str], line_width: int 
     if dets.masks is not None and len(dets):
         masks = dets.masks.cpu().numpy()
         overlay = out.copy()
-        for m, c in zip(masks, classes):
-            overlay[m] = color(c)
-        any_mask = masks.any(0)
-        out[any_mask] = cv2.addWeighted(overlay, alpha, out, 1 - alpha, 0)[any_mask]
+        covered = np.zeros(masks.shape[1:], bool)
+        h, w = covered.shape
+        for m, c, box in zip(masks, classes, dets.boxes.tolist()):  # masks are cropped to their boxes
+            x1, y1 = max(int(box[0]) - 1, 0), max(int(box[1]) - 1, 0)
+            x2, y2 = min(int(box[2]) + 2, w), min(int(box[3]) + 2, h)
+            sub = m[y1:y2, x1:x2]
+            overlay[y1:y2, x1:x2][sub] = color(c)
+            covered[y1:y2, x1:x2] |= sub
+        out[covered] = cv2.addWeighted(overlay, alpha, out, 1 - alpha, 0)[covered]
     for box, score, c in zip(dets.boxes.tolist(), dets.scores.tolist(), classes):
         p1, p2 = (int(box[0]), int(box[1])), (int(box[2]), int(box[3]))
         cv2.rectangle(out, p1, p2, color(c), lw, cv2.LINE_AA)

@@ -22,9 +22,10 @@ def decode_masks(coef: Tensor, proto: Tensor, boxes_input: Tensor, input_shape: 
                  orig_shape: tuple[int, int], ratio_pad: RatioPad, retina: bool = False) -> Tensor:
     """bool (N, h0, w0) masks in original pixels for one image.
 
-    coef (N,nm) @ proto (nm,h,w) -> logits; default: crop at proto resolution, upsample to the
-    input, remove the letterbox padding and resize to the original; retina: upsample the logits
-    to the unpadded input region first, crop there, then resize (full-resolution edges).
+    coef (N,nm) @ proto (nm,h,w) -> logits. The letterbox padding is cut off at prototype
+    resolution and the rest is resized once, straight to the original size. Default: crop to the
+    box at prototype resolution first (cheap); retina: resize the logits first and crop at full
+    resolution (sharp box edges).
     """
     n = coef.shape[0]
     h0, w0 = orig_shape
@@ -33,18 +34,18 @@ def decode_masks(coef: Tensor, proto: Tensor, boxes_input: Tensor, input_shape: 
     nm, ph, pw = proto.shape
     logits = (coef.float() @ proto.float().view(nm, -1)).view(n, ph, pw)
     ih, iw = input_shape
+    gx, gy = pw / iw, ph / ih
     (sx, sy), (px, py) = ratio_pad
-    top, left = int(round(py)), int(round(px))
-    bottom, right = int(round(py + h0 * sy)), int(round(px + w0 * sx))
+    top, left = int(round(py * gy)), int(round(px * gx))
+    bottom, right = max(int(round((py + h0 * sy) * gy)), top + 1), max(int(round((px + w0 * sx) * gx)), left + 1)
     if retina:
-        full = F.interpolate(logits[None], size=(ih, iw), mode="bilinear", align_corners=False)[0]
-        full = crop_to_boxes(full.sigmoid(), boxes_input)
-    else:
-        scale = boxes_input.new_tensor([pw / iw, ph / ih, pw / iw, ph / ih])
-        cropped = crop_to_boxes(logits.sigmoid(), boxes_input * scale)
-        full = F.interpolate(cropped[None], size=(ih, iw), mode="bilinear", align_corners=False)[0]
-    full = full[:, top:max(bottom, top + 1), left:max(right, left + 1)]
-    return F.interpolate(full[None], size=(h0, w0), mode="bilinear", align_corners=False)[0] > 0.5
+        full = F.interpolate(logits[None, :, top:bottom, left:right], size=(h0, w0), mode="bilinear",
+                             align_corners=False)[0]
+        boxes_orig = (boxes_input - boxes_input.new_tensor([px, py, px, py])) / boxes_input.new_tensor([sx, sy, sx, sy])
+        return crop_to_boxes((full > 0).to(torch.uint8), boxes_orig).bool()
+    cropped = crop_to_boxes(logits.sigmoid(), boxes_input * boxes_input.new_tensor([gx, gy, gx, gy]))
+    return F.interpolate(cropped[None, :, top:bottom, left:right], size=(h0, w0), mode="bilinear",
+                         align_corners=False)[0] > 0.5
 
 
 def encode_rle(masks: np.ndarray) -> list[dict]:
