@@ -106,22 +106,23 @@ def test_train_cli_runs_validates_and_saves(tmp_path):
 
 def test_resume_after_sigkill_mid_epoch_finishes(tmp_path):
     data = _overfit_data(tmp_path, 8)
-    args = ["--data", str(data), "--epochs", "3", "--img-size", "128", "--batch-size", "2", "--workers", "0",
+    args = ["--data", str(data), "--epochs", "12", "--img-size", "160", "--batch-size", "2", "--workers", "0",
             "--project", str(tmp_path / "runs"), "--noval"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "runs/exp/weights/last.pt"
     deadline = time.time() + 600
     while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(0.5)  # now inside epoch 2
+        time.sleep(0.02)
+    time.sleep(0.1)  # now inside the second epoch (11 are left to run)
+    assert proc.poll() is None, "training ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert load_checkpoint(last)["epoch"] >= 0
     r = _train(["--resume", str(last)], cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = load_checkpoint(last)
-    assert ckpt["epoch"] == 2 and (tmp_path / "runs/exp/weights/best.pt").is_file()
+    assert ckpt["epoch"] == 11 and (tmp_path / "runs/exp/weights/best.pt").is_file()
     assert not (tmp_path / "runs/exp2").exists()
 
 

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Data-loading throughput: training images/s with mosaic at 640 for 0, 1 and 2 workers, and
+validation images/s (letterbox, rectangular batches), plus the peak RSS of the whole process tree.
+
+    python benchmarks/dataloader.py                      # coco128 from ../shared/data if present
+    python benchmarks/dataloader.py --data cfg/data/coco-mini.yaml --batches 8
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data.config import load_data_config  # noqa: E402
+from data.loader import build_dataloader  # noqa: E402
+from utils.config import load_hyp  # noqa: E402
+
+COCO128 = ROOT.parent / "shared/data/dev/coco128_instances"
+
+
+def default_data() -> str:
+    if not COCO128.is_dir():
+        return str(ROOT / "cfg/data/coco-mini.yaml")
+    cfg = {"format": "coco", "path": str(COCO128),
+           "train": {"images": "images/train2017", "annotations": "annotations/instances_train2017.json"},
+           "val": {"images": "images/train2017", "annotations": "annotations/instances_train2017.json"}}
+    out = Path(tempfile.mkdtemp()) / "coco128.yaml"
+    out.write_text(yaml.safe_dump(cfg))
+    return str(out)
+
+
+def tree_rss() -> int:
+    me = psutil.Process()
+    return sum(p.memory_info().rss for p in [me, *me.children(recursive=True)])
+
+
+def images_per_second(loader, batches: int) -> tuple[float, int]:
+    it = iter(loader)
+    next(it)  # worker start-up and the first batch are not throughput
+    n, peak, t0 = 0, 0, time.perf_counter()
+    for k, batch in enumerate(it):
+        n += len(batch)
+        peak = max(peak, tree_rss())
+        if k + 1 >= batches:
+            break
+    return n / (time.perf_counter() - t0), peak
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None)
+    p.add_argument("--img-size", type=int, default=640)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batches", type=int, default=16, help="batches timed per setting (after the first)")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    args = p.parse_args()
+    cfg = load_data_config(args.data or default_data())
+    hyp = load_hyp()
+    print(f"data={cfg.source} img={args.img_size} batch={args.batch_size} (mosaic, segment labels)")
+    print(f"{'loader':<22}{'workers':>8}{'img/s':>10}{'peak RSS GiB':>14}")
+    for w in args.workers:
+        loader, _ = build_dataloader(cfg, "train", args.img_size, args.batch_size, hyp, augment=True, shuffle=True,
+                                     workers=w)
+        ips, peak = images_per_second(loader, args.batches)
+        print(f"{'train (mosaic)':<22}{w:>8}{ips:>10.1f}{peak / 2**30:>14.2f}")
+        del loader
+    for w in args.workers:
+        loader, _ = build_dataloader(cfg, "val", args.img_size, args.batch_size, rect=True, workers=w)
+        ips, peak = images_per_second(loader, args.batches)
+        print(f"{'val (rect)':<22}{w:>8}{ips:>10.1f}{peak / 2**30:>14.2f}")
+
+
+if __name__ == "__main__":
+    main()
