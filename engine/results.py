@@ -30,6 +30,11 @@ class ResultsLog:
         if self.tb is not None:
             self.tb.add_scalar(tag, value, step)
 
+    def image(self, tag: str, rgb, step: int) -> None:
+        """rgb: uint8 (H,W,3)."""
+        if self.tb is not None:
+            self.tb.add_image(tag, rgb, step, dataformats="HWC")
+
     def epoch(self, epoch: int, values: dict[str, float]) -> None:
         """Append one row (rewritten atomically, so a crash never leaves a half-written csv)."""
         row = {"epoch": float(epoch), **{k: float(v) for k, v in values.items()}}

@@ -156,11 +156,16 @@ class Trainer:
                 "args": asdict(self.opt)}
 
     def _plot_labels(self) -> None:
-        try:
-            from data.plots import plot_labels
-        except ImportError:
-            return
+        from data.plots import plot_labels
+
         plot_labels(self.train_set, self.save_dir / "labels.png")
+
+    def _plot_batch(self, batch: Batch, i: int) -> None:
+        """The first training batches as the model sees them: to the run folder and TensorBoard."""
+        from data.plots import plot_batch
+
+        grid = plot_batch(batch, self.names, self.save_dir / f"train_batch{i}.jpg")
+        self.log.image(f"train_batch{i}", grid[:, :, ::-1].copy(), 0)
 
     # ---- the loop ----------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -207,6 +212,8 @@ class Trainer:
                 warmup(self.optimizer, it, self.n_warmup, self.lf(epoch), self.hyp)
             else:
                 self.accumulate_now = self.accumulate
+            if self.dist.is_main and epoch == self.start_epoch and i < 3:
+                self._plot_batch(batch, i)
             terms = self.train_step(batch, i, nb)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v

@@ -93,13 +93,15 @@ def test_train_cli_runs_validates_and_saves(tmp_path):
                 "--project", str(tmp_path / "runs")], cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "runs" / "exp"
-    for name in ("weights/last.pt", "weights/best.pt", "config.yaml", "results.csv"):
+    for name in ("weights/last.pt", "weights/best.pt", "config.yaml", "results.csv", "results.png", "labels.png",
+                 "train_batch0.jpg", "predictions.json"):
         assert (run / name).is_file(), name
     assert "Average Precision" in r.stdout  # the COCO box and mask tables were printed
     ckpt = load_checkpoint(run / "weights/last.pt")
     assert ckpt["epoch"] == 1 and ckpt["config"]["nc"] == 80 and len(ckpt["config"]["names"]) == 80
     events = b"".join(p.read_bytes() for p in run.glob("events.out.tfevents.*"))
     assert b"grads/total" in events and b"grads/nonfinite" in events and b"metrics/mask_AP" in events
+    assert b"train_batch0" in events  # the first batches as images
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["args"]["epochs"] == 2 and saved["args"]["img_size"] == 128
 
