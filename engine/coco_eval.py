@@ -1,5 +1,7 @@
-"""COCO bbox/segm scoring against the dataset's own annotation JSON (pycocotools is the
-reference). Imports no torch, so `val.py --ann-json A --pred-json P` starts fast."""
+"""COCO bbox/segm scoring against the dataset's own annotation JSON. pycocotools is the
+reference; faster-coco-eval (C++ evaluateImg/accumulate) is the default backend because the tests
+show identical stats (tests/test_eval.py) and benchmarks/coco_eval.py shows it faster. Imports no
+torch, so `val.py --ann-json A --pred-json P` starts fast."""
 from __future__ import annotations
 
 import contextlib
@@ -34,9 +36,32 @@ def load_results(pred: str | Path | list, gt) -> list[dict]:
     return pred
 
 
-def load_gt(ann_json: str | Path):
-    from pycocotools.coco import COCO
+BACKENDS = ("faster", "pycocotools")
 
+
+def default_backend() -> str:
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError:
+        return "pycocotools"
+    return "faster"
+
+
+def _classes(backend: str):
+    if backend == "faster":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        return COCO, lambda gt, dt, t: COCOeval_faster(gt, dt, t, print_function=lambda *a, **k: None)
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval
+    raise ValueError(f"unknown COCO evaluation backend '{backend}' (known: {', '.join(BACKENDS)})")
+
+
+def load_gt(ann_json: str | Path, backend: str | None = None):
+    COCO, _ = _classes(backend or default_backend())
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return COCO(str(ann_json))
@@ -45,11 +70,12 @@ def load_gt(ann_json: str | Path):
 
 
 def score(ann_json: str | Path, results: str | Path | list, iou_types: tuple[str, ...] = ("bbox", "segm"),
-          img_ids: list[int] | None = None, gt=None) -> dict[str, dict]:
-    """{iou_type: {"stats": {name: value}, "per_class": {cat_id: AP50-95}}}."""
-    from pycocotools.cocoeval import COCOeval
-
-    gt = gt or load_gt(ann_json)
+          img_ids: list[int] | None = None, gt=None, backend: str | None = None) -> dict[str, dict]:
+    """{iou_type: {"stats": {name: value}, "per_class": {cat_id: AP50-95}}}. `gt` must come from
+    load_gt() with the same backend."""
+    backend = backend or default_backend()
+    _, COCOeval = _classes(backend)
+    gt = gt or load_gt(ann_json, backend)
     dets = load_results(results, gt)
     out = {}
     for iou_type in iou_types:

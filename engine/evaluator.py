@@ -105,7 +105,7 @@ def evaluate(model: nn.Module, loader, dataset, device: torch.device, conf_thres
                                           retina_masks, dataset.category_ids)
     if save_json and save_dir is not None:
         atomic_write_text(Path(save_dir) / "predictions.json", json.dumps(results))
-    gt = load_gt(dataset.ann_file)
+    gt = load_gt(dataset.ann_file)  # the default backend, as score() below
     has_masks = getattr(model, "nm", 0) > 0
     scores = score(dataset.ann_file, results, ("bbox", "segm") if has_masks else ("bbox",), img_ids, gt)
     names_by_id = {cid: n for cid, n in zip(dataset.category_ids, dataset.names)}

@@ -67,19 +67,26 @@ def _pycocotools(ann: Path, dets: list[dict], iou_type: str) -> np.ndarray:
     return ev.stats
 
 
+@pytest.mark.parametrize("backend", ["faster", "pycocotools"])
 @pytest.mark.parametrize("ann_name", ["mini", "shared"])
-def test_stats_equal_pycocotools(ann_name, request):
+def test_stats_equal_pycocotools(ann_name, backend, request):
     if ann_name == "mini":
         ann = MINI_VAL
     else:
         ann = request.getfixturevalue("shared_data") / "dev/coco128_instances/annotations/instances_train2017.json"
     dets = _gt_results(ann, perturb=True)
-    ours = score(ann, dets)
+    ours = score(ann, dets, backend=backend)
     for iou_type in ("bbox", "segm"):
         ref = _pycocotools(ann, dets, iou_type)
         got = np.array([ours[iou_type]["stats"][n] for n in STAT_NAMES])
         assert np.allclose(got, ref, atol=1e-6), iou_type
         assert 0.05 < got[0] < 0.99
+
+
+def test_default_backend_is_the_fast_one():
+    from engine.coco_eval import default_backend
+
+    assert default_backend() == "faster"
 
 
 def test_perfect_predictions_score_one():
