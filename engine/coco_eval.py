@@ -81,7 +81,7 @@ def score(ann_json: str | Path, results: str | Path | list, iou_types: tuple[str
     for iou_type in iou_types:
         usable = [d for d in dets if ("segmentation" in d if iou_type == "segm" else "bbox" in d)]
         if not usable:
-            out[iou_type] = {"stats": dict.fromkeys(STAT_NAMES, 0.0), "per_class": {}}
+            out[iou_type] = {"stats": dict.fromkeys(STAT_NAMES, 0.0), "per_class": {}, "P": 0.0, "R": 0.0}
             continue
         buf = io.StringIO()
         try:
@@ -100,8 +100,24 @@ def score(ann_json: str | Path, results: str | Path | list, iou_types: tuple[str
         for k, cat in enumerate(ev.params.catIds):
             p = precision[:, :, k, 0, -1]
             per_class[int(cat)] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
-        out[iou_type] = {"stats": {n: float(v) for n, v in zip(STAT_NAMES, ev.stats)}, "per_class": per_class}
+        out[iou_type] = {"stats": {n: float(v) for n, v in zip(STAT_NAMES, ev.stats)}, "per_class": per_class,
+                         "pr50": np.asarray(precision[0, :, :, 0, -1]), "cat_ids": [int(c) for c in ev.params.catIds]}
+        out[iou_type].update(best_f1(out[iou_type]["pr50"]))
     return out
+
+
+def best_f1(pr50: np.ndarray) -> dict[str, float]:
+    """Precision and recall at IoU 0.5 where each class's F1 peaks, averaged over the classes that
+    have ground truth (COCO marks the others -1). pr50: (101 recall points, K classes)."""
+    recall = np.linspace(0, 1, pr50.shape[0])[:, None]
+    valid = (pr50 > -1).any(0)
+    if not valid.any():
+        return {"P": 0.0, "R": 0.0}
+    p = np.clip(pr50[:, valid], 0, None)
+    f1 = 2 * p * recall / np.maximum(p + recall, 1e-9)
+    k = f1.argmax(0)
+    cols = np.arange(p.shape[1])
+    return {"P": float(p[k, cols].mean()), "R": float(recall[k, 0].mean())}
 
 
 def format_tables(scores: dict[str, dict]) -> str:

@@ -12,9 +12,11 @@ from torch import nn
 from tqdm import tqdm
 
 from engine.coco_eval import format_tables, load_gt, per_class_table, score
+from engine.metrics import ConfusionMatrix
 from utils.boxes import xyxy_to_xywh_coco
 from utils.checkpoint import atomic_write_text
 from utils.masks import encode_rle
+from utils.plots import plot_confusion, plot_pr_curves
 from utils.postprocess import postprocess
 from utils.structures import Detections
 
@@ -28,6 +30,7 @@ class EvalResult:
     names_by_id: dict[int, str] = field(default_factory=dict)
     n_images: int = 0
     n_detections: int = 0
+    quick: dict[str, float] = field(default_factory=dict)  # P and R at the best-F1 point, IoU 0.5
 
     @property
     def fitness(self) -> float:
@@ -39,13 +42,15 @@ class EvalResult:
         out = {f"metrics/box_{k}": self.box[k] for k in ("AP50", "AP")}
         if self.mask:
             out.update({f"metrics/mask_{k}": self.mask[k] for k in ("AP50", "AP")})
+        out.update({f"metrics/{k}": v for k, v in self.quick.items()})
         return out
 
     def table(self, verbose: bool = False) -> str:
         scores = {"bbox": {"stats": self.box}}
         if self.mask:
             scores["segm"] = {"stats": self.mask}
-        text = [f"{self.n_images} images, {self.n_detections} detections",
+        quick = "  ".join(f"{k} {v:.3f}" for k, v in self.quick.items())
+        text = [f"{self.n_images} images, {self.n_detections} detections" + (f"; {quick}" if quick else ""),
                 format_tables(scores),
                 "speed: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.speed.items()) + " per image"]
         if verbose:
@@ -70,8 +75,9 @@ def to_coco_results(dets: Detections, image_id: int, category_ids: list[int]) ->
 
 @torch.no_grad()
 def predict_loader(model: nn.Module, loader, device: torch.device, conf_thres: float, iou_thres: float,
-                   max_det: int, half: bool, retina_masks: bool, category_ids: list[int]):
-    """(COCO results list, image ids, ms per image for pre-process / inference / postprocess)."""
+                   max_det: int, half: bool, retina_masks: bool, category_ids: list[int], on_image=None):
+    """(COCO results list, image ids, ms per image for pre-process / inference / postprocess);
+    on_image(image_id, Detections) is called for each image when given."""
     model.eval()
     results, img_ids, times = [], [], np.zeros(3)
     dtype = torch.float16 if half and device.type == "cuda" else torch.float32
@@ -90,6 +96,8 @@ def predict_loader(model: nn.Module, loader, device: torch.device, conf_thres: f
                            retina_masks=retina_masks)
         for d, image_id in zip(dets, batch.image_ids):
             results += to_coco_results(d, image_id, category_ids)
+            if on_image is not None:
+                on_image(int(image_id), d)
             img_ids.append(int(image_id))
         times += [t1 - t0, t2 - t1, time.perf_counter() - t2]
     model.to(dtype=torch.float32, memory_format=torch.contiguous_format)
@@ -101,15 +109,29 @@ def evaluate(model: nn.Module, loader, dataset, device: torch.device, conf_thres
              save_json: bool = False, plots: bool = False, verbose: bool = False,
              retina_masks: bool = False) -> EvalResult:
     """COCO AP^box / AP^mask of `model` on `dataset` (scored against dataset.ann_file)."""
+    confusion = ConfusionMatrix(len(dataset.names)) if plots else None
+    on_image = None
+    if confusion is not None:
+        row = {int(i): k for k, i in enumerate(dataset.index.image_ids)}
+
+        def on_image(image_id: int, d: Detections) -> None:
+            boxes, classes, _ = dataset.index.instances(row[image_id])
+            confusion.update(d.boxes, d.scores, d.classes, boxes, classes)
+
     results, img_ids, ms = predict_loader(model, loader, device, conf_thres, iou_thres, max_det, half,
-                                          retina_masks, dataset.category_ids)
+                                          retina_masks, dataset.category_ids, on_image)
     if save_json and save_dir is not None:
         atomic_write_text(Path(save_dir) / "predictions.json", json.dumps(results))
     gt = load_gt(dataset.ann_file)  # the default backend, as score() below
     has_masks = getattr(model, "nm", 0) > 0
     scores = score(dataset.ann_file, results, ("bbox", "segm") if has_masks else ("bbox",), img_ids, gt)
     names_by_id = {cid: n for cid, n in zip(dataset.category_ids, dataset.names)}
+    if plots and save_dir is not None:
+        plot_pr_curves({("box" if k == "bbox" else "mask"): v["pr50"] for k, v in scores.items() if "pr50" in v},
+                       Path(save_dir) / "PR_curve.png")
+        plot_confusion(confusion.matrix, list(dataset.names), Path(save_dir) / "confusion_matrix.png")
+    quick = {f"{'box' if k == 'bbox' else 'mask'}_{m}": v[m] for k, v in scores.items() for m in ("P", "R")}
     return EvalResult(scores["bbox"]["stats"], scores["segm"]["stats"] if has_masks else {},
                       {k: v["per_class"] for k, v in scores.items()},
                       {"pre-process": ms[0], "inference": ms[1], "postprocess": ms[2]}, names_by_id,
-                      len(img_ids), len(results))
+                      len(img_ids), len(results), quick)

@@ -37,7 +37,7 @@ def run_validation(args: Namespace, write_txt: Callable) -> int:
                                            workers=args.workers, stride=int(max(model.stride)))
         save_dir = new_run_dir(args.project, args.name, args.exist_ok)
         result = evaluate(model, loader, dataset, device, args.conf_thres, args.iou_thres, args.max_det,
-                          args.half, save_dir, save_json=args.save_json or args.save_txt, verbose=args.verbose,
+                          args.half, save_dir, save_json=args.save_json or args.save_txt, plots=True, verbose=args.verbose,
                           retina_masks=args.retina_masks)
     except (ConfigError, CheckpointError, EvaluationError, ValueError, OSError) as e:
         print(f"val.py: error: {e}", file=sys.stderr)

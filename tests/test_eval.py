@@ -162,3 +162,25 @@ def test_rle_roundtrip():
     assert (back == m).all()
     assert decode_masks(torch.zeros(0, 2), torch.zeros(2, 8, 8), torch.zeros(0, 4), (32, 32), (20, 30),
                         ((1.0, 1.0), (0.0, 0.0))).shape == (0, 20, 30)
+
+
+def test_quick_metrics_and_confusion_matrix():
+    from engine.coco_eval import best_f1
+    from engine.metrics import ConfusionMatrix
+
+    pr = np.full((101, 3), -1.0)
+    pr[:, 0] = 1.0                                       # perfect class
+    pr[:, 1] = np.where(np.linspace(0, 1, 101) <= 0.5, 1.0, 0.0)  # precision 1 up to recall 0.5
+    m = best_f1(pr)
+    assert m["P"] == pytest.approx(1.0) and m["R"] == pytest.approx(0.75)  # class 2 has no ground truth
+    cm = ConfusionMatrix(nc=3, conf=0.25, iou=0.45)
+    gt_boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], np.float32)
+    gt_classes = np.array([0, 1, 2])
+    det = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 31], [80, 80, 90, 90], [50, 50, 60, 60]], dtype=torch.float32)
+    cm.update(det, torch.tensor([0.9, 0.8, 0.7, 0.1]), torch.tensor([0, 2, 1, 2]), gt_boxes, gt_classes)
+    expected = np.zeros((4, 4), int)
+    expected[0, 0] = 1   # right class
+    expected[2, 1] = 1   # class 1 predicted as 2
+    expected[1, 3] = 1   # false positive of class 1
+    expected[3, 2] = 1   # class 2 missed (its detection is below the confidence)
+    assert (cm.matrix == expected).all()
