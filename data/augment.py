@@ -199,6 +199,21 @@ def copy_paste(sample: Sample, p: float) -> Sample:
                   sample.image_id, sample.path, sample.orig_shape, sample.ratio_pad)
 
 
+def build_photometric(strength: float):
+    """An albumentations pipeline of photometric-only ops (the image changes, geometry does not), each
+    applied with probability 0.01 * strength; None when strength is 0. Raises if not installed."""
+    if strength <= 0:
+        return None
+    try:
+        import albumentations as A
+    except ImportError:
+        raise ImportError("hyp 'albumentations' > 0 needs the albumentations package (pip install albumentations)") \
+            from None
+    p = min(0.01 * strength, 1.0)
+    return A.Compose([A.Blur(p=p), A.MedianBlur(p=p), A.ToGray(p=p), A.CLAHE(p=p),
+                      A.RandomBrightnessContrast(p=p), A.RandomGamma(p=p), A.ImageCompression(quality_range=(75, 100), p=p)])
+
+
 def augment_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float) -> np.ndarray:
     """Random hue/saturation/value gains through lookup tables (in place on a copy)."""
     if not (hgain or sgain or vgain):

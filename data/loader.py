@@ -11,8 +11,8 @@ import psutil
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from data.augment import (apply_ratio_pad, augment_hsv, copy_paste, flip, letterbox, mixup, mosaic4,
-                          random_perspective, rasterize)
+from data.augment import (apply_ratio_pad, augment_hsv, build_photometric, copy_paste, flip, letterbox, mixup,
+                          mosaic4, random_perspective, rasterize)
 from data.config import DataConfig
 from data.datasets import load_index, write_coco_json
 from data.label_index import LabelIndex
@@ -33,6 +33,7 @@ class DetectionDataset(Dataset):
         self.names, self.category_ids, self.ann_file = names, category_ids, ann_file
         self.single_cls, self.stride = single_cls, stride
         self.mosaic = augment and self.hyp.get("mosaic", 0) > 0
+        self.photometric = build_photometric(self.hyp.get("albumentations", 0.0)) if augment else None
         self.order = np.arange(len(index))
         self.batch_shapes = None
         if rect:
@@ -133,7 +134,8 @@ class DetectionDataset(Dataset):
             sample = random_perspective(apply_ratio_pad(s, img, rp), (self.img_size, self.img_size), hyp["degrees"],
                                         hyp["translate"], hyp["scale"], hyp["shear"], hyp["perspective"])
         sample = copy_paste(sample, hyp.get("copy_paste", 0)) if random.random() < 0.5 else sample
-        img = augment_hsv(sample.image, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
+        img = sample.image if self.photometric is None else self.photometric(image=sample.image)["image"]
+        img = augment_hsv(img, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
         sample = Sample(img, sample.boxes, sample.classes, sample.segments, sample.image_id, sample.path,
                         sample.orig_shape, sample.ratio_pad)
         if random.random() < hyp.get("fliplr", 0):

@@ -200,3 +200,13 @@ def test_dataset_yaml_errors(tmp_path, body, message):
     body = json.loads(json.dumps(body).replace("TMP", str(tmp_path)))
     with pytest.raises(ConfigError, match=message):
         load_data_config(_yaml(tmp_path, body))
+
+
+def test_albumentations_is_photometric_only():
+    from data.augment import build_photometric
+
+    assert build_photometric(0.0) is None
+    pipe = build_photometric(100.0)  # every op fires
+    img = (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
+    out = pipe(image=img)["image"]
+    assert out.shape == img.shape and out.dtype == np.uint8 and not np.array_equal(out, img)
