@@ -59,6 +59,8 @@ def _clip_half_plane(p: np.ndarray, axis: int, bound: float, keep_below: bool) -
 
 def clip_polygon(s: np.ndarray, w: int, h: int) -> np.ndarray:
     """The polygon's intersection with the image rectangle [0,w]x[0,h] (possibly empty)."""
+    if len(s) and s.min() >= 0 and s[:, 0].max() <= w and s[:, 1].max() <= h:
+        return s  # entirely inside: most polygons
     for axis, bound, below in ((0, 0, False), (0, w, True), (1, 0, False), (1, h, True)):
         s = _clip_half_plane(s, axis, bound, below)
     return s
@@ -75,17 +77,6 @@ def boxes_from_segments(segs: list[np.ndarray], w: int, h: int) -> tuple[list[np
             boxes[i] = [c[:, 0].min(), c[:, 1].min(), c[:, 0].max(), c[:, 1].max()]
             keep[i] = True
     return clipped, boxes, keep
-
-
-def resample_segment(s: np.ndarray, n: int = 200) -> np.ndarray:
-    """Points evenly along the closed polygon, so clipping at the border keeps its outline."""
-    closed = np.concatenate([s, s[:1]])
-    seg_len = np.linalg.norm(np.diff(closed, axis=0), axis=1)
-    cum = np.concatenate([[0], np.cumsum(seg_len)])
-    if cum[-1] == 0:
-        return np.repeat(s[:1], n, 0)
-    t = np.linspace(0, cum[-1], n, endpoint=False)
-    return np.stack([np.interp(t, cum, closed[:, k]) for k in range(2)], 1).astype(np.float32)
 
 
 def random_perspective(sample: Sample, out_hw: tuple[int, int], degrees=0.0, translate=0.1, scale=0.5, shear=0.0,
@@ -109,9 +100,8 @@ def random_perspective(sample: Sample, out_hw: tuple[int, int], degrees=0.0, tra
         img = cv2.warpPerspective(img, M, (w, h), borderValue=(114, 114, 114))
     else:
         img = cv2.warpAffine(img, M[:2], (w, h), borderValue=(114, 114, 114))
-    segs = []
+    segs = []  # affine and projective maps keep edges straight, so exact clipping afterwards suffices
     for s in sample.segments:
-        s = resample_segment(s)
         xy = np.concatenate([s, np.ones((len(s), 1), np.float32)], 1) @ M.T
         segs.append((xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).astype(np.float32))
     return filter_instances(Sample(img, sample.boxes, sample.classes, segs, sample.image_id, sample.path,
@@ -166,8 +156,8 @@ def mosaic4(samples: list[Sample], size: int, hyp: dict) -> Sample:
 
 def mixup(a: Sample, b: Sample) -> Sample:
     """Blend two same-size training images and keep both label sets."""
-    r = np.random.beta(32.0, 32.0)
-    img = (a.image * r + b.image * (1 - r)).astype(np.uint8)
+    r = float(np.random.beta(32.0, 32.0))
+    img = cv2.addWeighted(a.image, r, b.image, 1 - r, 0)
     return Sample(img, np.concatenate([a.boxes, b.boxes]), np.concatenate([a.classes, b.classes]),
                   a.segments + b.segments, a.image_id, a.path, a.orig_shape, a.ratio_pad)
 

@@ -156,24 +156,24 @@ def _resized_bytes(h: int, w: int, size: int) -> int:
 
 
 def to_tensors(s: Sample) -> dict:
-    """What a worker sends back: CHW RGB uint8 image, labels, masks at 1/4 and metadata."""
-    img = np.ascontiguousarray(s.image[:, :, ::-1].transpose(2, 0, 1))
+    """A sample as tensors: the HWC BGR image as is (collate makes it CHW RGB in its one copy),
+    labels, masks at 1/4 and metadata."""
     masks = rasterize(s.segments, s.image.shape[:2])
-    return {"image": torch.from_numpy(img), "boxes": torch.from_numpy(s.boxes.reshape(-1, 4).astype(np.float32)),
+    return {"image": torch.from_numpy(np.ascontiguousarray(s.image)), "boxes": torch.from_numpy(s.boxes.reshape(-1, 4).astype(np.float32)),
             "classes": torch.from_numpy(s.classes.astype(np.int64)), "masks": torch.from_numpy(masks),
             "image_id": s.image_id, "path": s.path, "orig_shape": s.orig_shape, "ratio_pad": s.ratio_pad}
 
 
 def collate(items: list[dict]) -> Batch:
     """Pad images to the largest in the batch (rect batches share a shape already) and concatenate labels."""
-    h = max(it["image"].shape[1] for it in items)
-    w = max(it["image"].shape[2] for it in items)
+    h = max(it["image"].shape[0] for it in items)
+    w = max(it["image"].shape[1] for it in items)
     images = torch.full((len(items), 3, h, w), 114, dtype=torch.uint8)
     masks = torch.zeros((sum(len(it["classes"]) for it in items), h // 4, w // 4), dtype=torch.uint8)
     n = 0
     for b, it in enumerate(items):
-        _, ih, iw = it["image"].shape
-        images[b, :, :ih, :iw] = it["image"]
+        ih, iw, _ = it["image"].shape
+        images[b, :, :ih, :iw] = it["image"].permute(2, 0, 1).flip(0)  # HWC BGR -> CHW RGB
         m = it["masks"]
         masks[n:n + len(m), :m.shape[1], :m.shape[2]] = m
         n += len(m)
