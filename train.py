@@ -56,12 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_args(argv)
     from engine.trainer import Trainer
+    from models.parser import CfgError
     from utils.checkpoint import CheckpointError
     from utils.config import ConfigError
 
     try:
         Trainer(opt).fit()
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as e:
+    except (ConfigError, CfgError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     return 0

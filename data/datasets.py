@@ -111,11 +111,13 @@ def read_yolo(split: SplitSpec, nc: int) -> LabelIndex:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
+    """(h, w) as decoded with EXIF orientation applied (as cv2.imread does), from the header only."""
     from PIL import Image
 
     with Image.open(path) as im:
         w, h = im.size
-    return h, w
+        orientation = im.getexif().get(0x0112, 1)
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)  # 90-degree rotations swap the sides
 
 
 def _parse_yolo_line(line: str, nc: int, shape: tuple[int, int], counts: Counter, where: str):
@@ -143,8 +145,6 @@ def _parse_yolo_line(line: str, nc: int, shape: tuple[int, int], counts: Counter
         counts["bad_labels"] += 1
         LOG.warning("%s: expected 4 box values or >= 3 polygon points, got %d values, skipped", where, len(vals))
         return None
-    if np.any(vals < -0.01) or np.any(vals > 1.01):
-        counts["fixed"] += 1
     ok = check_instance(box, poly, shape, counts, where)
     return None if ok is None else (ok[0], cls, ok[1])
 

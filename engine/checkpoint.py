@@ -27,29 +27,34 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint",
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> str:
     """Load what matches exactly; return '' or a one-line summary of what differed."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shape:
-        parts = []
-        if shape:
-            parts.append(f"{len(shape)} shape mismatches (first: {shape[0]})")
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
-        return "; ".join(parts)
+    report = load_report(own, state)
+    if report:
+        return report
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     return ""
 
 
-def transfer_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """Copy the tensors whose name and shape match (for --weights fine-tuning); (loaded, total)."""
+def transfer_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path = "") -> tuple[int, int, str]:
+    """Copy the tensors whose name and shape match (for --weights fine-tuning).
+
+    Returns (loaded, total, a one-line summary of the layers that differ, '' when none)."""
     own = model.state_dict()
     matched = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(matched, strict=False)
-    return len(matched), len(own)
+    return len(matched), len(own), load_report(own, state)
+
+
+def load_report(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], limit: int = 5) -> str:
+    """Which layers differ between a model's state_dict and a checkpoint's, in one line."""
+    layers = lambda keys: sorted({".".join(k.split(".")[:2]) for k in keys})  # noqa: E731 - "layers.<i>"
+    shape = [k for k in own if k in state and state[k].shape != own[k].shape]
+    parts = []
+    for what, keys in (("shape differs", shape), ("missing in checkpoint", [k for k in own if k not in state]),
+                       ("not in the model", [k for k in state if k not in own])):
+        if keys:
+            names = layers(keys)
+            parts.append(f"{what}: {', '.join(names[:limit])}" + (f" (+{len(names) - limit} more)" if len(names) > limit else ""))
+    return "; ".join(parts)
 
 
 def load_model(weights: str | Path, device: torch.device | str = "cpu", fuse: bool = False) -> tuple[nn.Module, dict]:

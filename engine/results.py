@@ -63,7 +63,7 @@ def plot_results(rows: list[dict[str, float]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in rows[0] if k != "epoch" and not k.startswith("lr/")]
+    keys = [k for k in rows[0] if k != "epoch" and not k.startswith(("lr/", "sys/"))]
     if not keys:
         return
     cols = min(5, len(keys))

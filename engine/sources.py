@@ -14,6 +14,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from data.label_index import image_problem
+
 LOG = logging.getLogger("gradpath.detect")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -69,7 +71,10 @@ def is_stream(source: str) -> bool:
 
 
 def read_image(path: Path) -> np.ndarray | None:
-    """BGR image with EXIF orientation applied (cv2.imread does so), or None when undecodable."""
+    """BGR image with EXIF orientation applied (cv2.imread does so), or None when missing, truncated
+    or undecodable: the same integrity check as training and validation use."""
+    if image_problem(path):
+        return None
     return cv2.imread(str(path), cv2.IMREAD_COLOR)
 
 

@@ -53,10 +53,13 @@ class Trainer:
         self.hyp = load_hyp(self.opt.hyp)
         if self.opt.close_mosaic is not None:
             self.hyp["close_mosaic"] = self.opt.close_mosaic
-        seed_everything(opt.seed, self.dist.rank)
+        seed_everything(self.opt.seed, self.dist.rank)
+        nc = 1 if self.opt.single_cls else self.data_cfg.nc
+        model_cfg = self.resume_ckpt["config"]["model"] if self.resume_ckpt else str(resolve_repo_path(self.opt.cfg))
+        self.model = build_model(model_cfg, num_classes=nc)  # a bad cfg fails here, before a run folder exists
         self.save_dir = self._run_dir()
         self.weights_dir = self.save_dir / "weights"
-        self.amp = opt.amp and self.device.type == "cuda"
+        self.amp = self.opt.amp and self.device.type == "cuda"
 
     # ---- setup -------------------------------------------------------------------------
     def _resume_checkpoint(self) -> dict:
@@ -88,16 +91,16 @@ class Trainer:
 
     def setup(self) -> None:
         opt, hyp = self.opt, self.hyp
-        nc = 1 if opt.single_cls else self.data_cfg.nc
         self.names = ["item"] if opt.single_cls else list(self.data_cfg.names)
-        model_cfg = self.resume_ckpt["config"]["model"] if self.resume_ckpt else str(resolve_repo_path(opt.cfg))
-        self.model = build_model(model_cfg, num_classes=nc).to(self.device)
+        self.model = self.model.to(self.device)
         self.stride = int(max(self.model.stride))
         if opt.img_size % self.stride:
             raise ConfigError(f"--img-size {opt.img_size}: must be a multiple of the model stride {self.stride}")
         if opt.weights and not self.resume_ckpt:
-            loaded, total = transfer_weights(self.model, load_checkpoint(opt.weights)["model"])
-            LOG.info("transferred %d/%d tensors from %s", loaded, total, opt.weights)
+            ckpt = load_checkpoint(opt.weights)
+            loaded, total, differ = transfer_weights(self.model, ckpt.get("ema") or ckpt["model"])
+            LOG.info("transferred %d/%d tensors from %s%s", loaded, total, opt.weights,
+                     f" (layers that differ from --cfg: {differ})" if differ else "")
         self.train_loader, self.train_set = build_dataloader(
             self.data_cfg, "train", opt.img_size, opt.batch_size // max(self.dist.world_size, 1), hyp,
             augment=True, rect=opt.rect, cache=opt.cache, workers=opt.workers, shuffle=not opt.rect,
@@ -279,7 +282,8 @@ class Trainer:
             result = self.validate(self.ema.ema, plots=final)
             metrics, fitness = result.summary(), float(result.fitness)
         lrs = {f"lr/pg{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)}
-        self.log.epoch(epoch, {**{f"train/{k}": v for k, v in losses.items()}, **metrics, **lrs})
+        self.log.epoch(epoch, {**{f"train/{k}": v for k, v in losses.items()}, **metrics, **lrs,
+                               "sys/rss_gib": process_tree_rss() / 2**30})
         improved = fitness > self.best_fitness or self.opt.noval  # without validation the newest is best
         if improved:
             self.best_fitness = fitness
@@ -346,6 +350,20 @@ def multi_scale(images: torch.Tensor, batch: Batch, img_size: int, stride: int) 
         masks = masks.new_zeros((0, new_hw[0] // 4, new_hw[1] // 4))
     return images, Batch(batch.images, batch.batch_idx, batch.classes, boxes, masks, batch.image_ids,
                          batch.paths, batch.orig_shapes, batch.ratio_pads)
+
+
+def process_tree_rss() -> int:
+    """Resident memory of this process and its dataloader workers, in bytes."""
+    import psutil
+
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:  # a worker that just exited
+            pass
+    return total
 
 
 def _newest_last(project: str) -> Path:
