@@ -1,5 +1,6 @@
-"""Building blocks named in the cfgs: conv units, residual/PRN/CSP/ELAN aggregation, SPP, implicit
-knowledge. Every block takes its input channels first (filled in by the parser)."""
+"""Basic blocks named in the cfgs: conv units (Conv, RepConv), pooling, resampling, SPPF, YOLOR
+implicit knowledge and the mask prototypes. The paper's gradient-path blocks (residual/PRN, CSP,
+ELAN, VoVNet) are in models/stages.py. Every block takes its input channels first."""
 from __future__ import annotations
 
 import torch
@@ -11,15 +12,16 @@ def make_act(name: str | None) -> nn.Module:
             "none": nn.Identity}
     if name not in acts:
         raise ValueError(f"unknown activation '{name}' (known: silu, lrelu, relu, none)")
-    return acts[name]() if name not in ("lrelu",) else acts[name]()
+    return acts[name]()
 
 
 class Conv(nn.Module):
     """Conv2d (no bias) + BatchNorm + activation; `fuse()` folds the BN into the conv."""
 
-    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, g: int = 1, act: str | None = "silu"):
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1,
+                 act: str | None = "silu"):
         super().__init__()
-        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, groups=g, bias=False)
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2 if p is None else p, groups=g, bias=False)
         self.bn = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.03)
         self.act = make_act(act)
 
@@ -37,6 +39,52 @@ class Conv(nn.Module):
         fused.weight.copy_(w * scale.view(-1, 1, 1, 1))
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
         self.conv, self.bn = fused, nn.Identity()
+
+
+class RepConv(nn.Module):
+    """Re-parameterisable conv (RepVGG): in training a 3x3 conv+BN, a 1x1 conv+BN and, when the
+    shapes allow, an identity BN are summed before the activation; `fuse()` folds the three into one
+    3x3 conv with bias, so inference costs a single conv and the outputs are unchanged."""
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, act: str | None = "silu"):
+        super().__init__()
+        if k != 3:
+            raise ValueError(f"RepConv is defined for 3x3 kernels, got {k}")
+        self.c1, self.c2, self.s = c1, c2, s
+        self.dense = Conv(c1, c2, 3, s, act=None)
+        self.one = Conv(c1, c2, 1, s, p=0, act=None)
+        self.identity = nn.BatchNorm2d(c1, eps=1e-3, momentum=0.03) if c1 == c2 and s == 1 else None
+        self.act = make_act(act)
+        self.fused: nn.Conv2d | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            return self.act(self.fused(x))
+        y = self.dense(x) + self.one(x)
+        return self.act(y if self.identity is None else y + self.identity(x))
+
+    @staticmethod
+    def _fold(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        if self.fused is not None:
+            return
+        w3, b3 = self._fold(self.dense.conv.weight, self.dense.bn)
+        w1, b1 = self._fold(nn.functional.pad(self.one.conv.weight, [1, 1, 1, 1]), self.one.bn)
+        w, b = w3 + w1, b3 + b1
+        if self.identity is not None:
+            eye = torch.zeros_like(w3)
+            eye[torch.arange(self.c1), torch.arange(self.c1), 1, 1] = 1.0
+            wi, bi = self._fold(eye, self.identity)
+            w, b = w + wi, b + bi
+        self.fused = nn.Conv2d(self.c1, self.c2, 3, self.s, 1, bias=True).to(w.device)
+        self.fused.weight.copy_(w)
+        self.fused.bias.copy_(b)
+        del self.dense, self.one, self.identity
+        self.dense = self.one = self.identity = None
 
 
 class Concat(nn.Module):
@@ -66,32 +114,6 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest")
-
-
-class ELAN(nn.Module):
-    """Efficient layer aggregation: two 1x1 branches (c_), a chain of n 3x3 convs (c_chain wide);
-    the branches and every `tap`-th chain output are concatenated and fused by a 1x1 transition.
-    "Stack in computational block" = a longer chain with the same single transition."""
-
-    def __init__(self, c1: int, c2: int, c_: int, n: int = 2, tap: int = 1, c_chain: int | None = None,
-                 act: str = "silu"):
-        super().__init__()
-        c_chain = c_chain or c_
-        self.cv1 = Conv(c1, c_, 1, act=act)
-        self.cv2 = Conv(c1, c_, 1, act=act)
-        self.chain = nn.ModuleList(Conv(c_ if i == 0 else c_chain, c_chain, 3, act=act) for i in range(n))
-        self.tap = tap
-        n_taps = len(range(tap - 1, n, tap))
-        self.transition = Conv(2 * c_ + n_taps * c_chain, c2, 1, act=act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.cv2(x)
-        outs = [self.cv1(x), y]
-        for i, conv in enumerate(self.chain):
-            y = conv(y)
-            if (i + 1) % self.tap == 0:
-                outs.append(y)
-        return self.transition(torch.cat(outs, 1))
 
 
 class SPPF(nn.Module):

@@ -52,19 +52,21 @@ class HeadBase(nn.Module, abc.ABC):
 
 
 class AnchorHead(HeadBase):
-    """YOLOR/YOLOv5 r6.2 anchor-based head with implicit knowledge (ImplicitA before, ImplicitM
-    after each level's 1x1 prediction conv)."""
+    """YOLOR/YOLOv5 r6.2 anchor-based head. With `implicit` (YOLOR) each level's 1x1 prediction
+    conv is wrapped in implicit knowledge, ImplicitA added before and ImplicitM multiplied after;
+    without it (YOLOv5 baselines) the conv is used alone."""
 
     kind = "anchor"
 
-    def __init__(self, nc: int, anchors: list[list[float]], nm: int = 32, npr: int = 256, ch: list[int] = ()):
+    def __init__(self, nc: int, anchors: list[list[float]], nm: int = 32, npr: int = 256, ch: list[int] = (),
+                 implicit: bool = True):
         super().__init__(nc, nm, npr, ch)
         self.na = len(anchors[0]) // 2
         self.no = 5 + nc + nm
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(self.nl, self.na, 2))
-        self.ia = nn.ModuleList(ImplicitA(c) for c in ch)
+        self.ia = nn.ModuleList((ImplicitA(c) if implicit else nn.Identity()) for c in ch)
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
-        self.im = nn.ModuleList(ImplicitM(self.no * self.na) for _ in ch)
+        self.im = nn.ModuleList((ImplicitM(self.no * self.na) if implicit else nn.Identity()) for _ in ch)
 
     def level_outputs(self, xs):
         out = []

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.blocks import Conv
+from models.blocks import Conv, RepConv
 from models.heads import HeadBase
 from models.parser import CfgError, load_cfg, parse_layers
 
@@ -27,7 +27,7 @@ class Model(nn.Module):
         self._init_strides()
 
     def _init_strides(self) -> None:
-        size = 256
+        size = 128
         was_training = self.training
         self.train()
         with torch.no_grad():
@@ -56,14 +56,21 @@ class Model(nn.Module):
         return x
 
     def fuse(self) -> "Model":
-        """Fold every BatchNorm into its conv (inference only; outputs unchanged)."""
-        for m in self.modules():
-            if isinstance(m, Conv):
-                m.fuse()
+        """Fold RepConv branches and every BatchNorm into single convs (inference only; outputs
+        unchanged). RepConvs go first: they fold their own branches' BatchNorms."""
+        for m in [m for m in self.modules() if isinstance(m, RepConv)]:
+            m.fuse()
+        for m in [m for m in self.modules() if isinstance(m, Conv)]:
+            m.fuse()
         return self
 
     def info(self, img_size: int = 640) -> dict[str, float]:
-        """layers, params, and GFLOPs (2 x conv multiply-accumulates) at img_size x img_size."""
+        """layers, params, and GFLOPs (2 x conv multiply-accumulates) at img_size x img_size.
+
+        Every feature map's area is proportional to the input's when the input is a multiple of
+        the largest stride, so the count is taken on a small probe and scaled exactly."""
+        max_stride = int(max(self.stride))
+        probe = 2 * max_stride if img_size % max_stride == 0 and img_size > 2 * max_stride else img_size
         macs = [0]
 
         def hook(m: nn.Conv2d, inp, out):
@@ -76,13 +83,13 @@ class Model(nn.Module):
         try:
             with torch.no_grad():
                 p = next(self.parameters())
-                self.forward(torch.zeros(1, 3, img_size, img_size, device=p.device, dtype=p.dtype))
+                self.forward(torch.zeros(1, 3, probe, probe, device=p.device, dtype=p.dtype))
         finally:
             for h in handles:
                 h.remove()
             self.train(was_training)
         return {"layers": len(self.layers), "params": sum(p.numel() for p in self.parameters()),
-                "gflops": 2 * macs[0] / 1e9}
+                "gflops": 2 * macs[0] * (img_size / probe) ** 2 / 1e9}
 
 
 def build_model(cfg: str | Path | dict, num_classes: int | None = None) -> Model:

@@ -6,6 +6,7 @@ figures. `from` is -1 (previous layer), an earlier index, or a list of them.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from models import blocks, heads
+from models import blocks, heads, stages
 
 
 class CfgError(ValueError):
@@ -27,21 +28,42 @@ def scale_width(c: float, width: float, divisor: int = 8) -> int:
 @dataclass(frozen=True)
 class BlockSpec:
     """How the parser builds one block: which of its args are channel counts (scaled by width),
-    how many args it takes, and its output channels from (input channels, built args)."""
+    how many args a row may give, its output channels from (input channels, built args), and
+    whether the row's repeat count is passed to the block (CSP-style) instead of stacking copies."""
 
     cls: Callable[..., nn.Module]
     width_args: tuple[int, ...] = ()
     max_args: int = 0
     out: Callable[[list[int], list[Any]], int] = lambda ch, a: a[0]
     takes_channels: bool = True
+    takes_repeats: bool = False
+
+
+def _same(ch: list[int], a: list[Any]) -> int:
+    return ch[0]
 
 
 REGISTRY: dict[str, BlockSpec] = {
+    # conv units: [c2, k, s, p, g] / [c2, k, s]
     "Conv": BlockSpec(blocks.Conv, (0,), 5),
-    "ELAN": BlockSpec(blocks.ELAN, (0, 1, 4), 6),
-    "SPPF": BlockSpec(blocks.SPPF, (0,), 3),
-    "MP": BlockSpec(blocks.MaxPoolDown, (), 1, lambda ch, a: ch[0], takes_channels=False),
-    "Upsample": BlockSpec(blocks.Upsample, (), 1, lambda ch, a: ch[0], takes_channels=False),
+    "RepConv": BlockSpec(blocks.RepConv, (0,), 3),
+    # layer level: [c2, shortcut, e, partial, stop] / [c2, shortcut, e]
+    "Bottleneck": BlockSpec(stages.Bottleneck, (0,), 5),
+    "PRN": BlockSpec(stages.PartialResidual, (0,), 4),
+    # stage level: [c2, shortcut, fusion, e, partial, stop] / [c2, shortcut] / [c2]
+    "CSP": BlockSpec(stages.CSPStage, (0,), 6, takes_repeats=True),
+    "C3": BlockSpec(stages.C3, (0,), 3, takes_repeats=True),
+    "CSPNeck": BlockSpec(stages.CSPNeck, (0,), 1, takes_repeats=True),
+    # network level: [c2, c_, n, tap, c_chain] / [c2, c_, modules, convs, csp]
+    "ELAN": BlockSpec(stages.ELAN, (0, 1, 4), 5),
+    "VoVStage": BlockSpec(stages.VoVStage, (0, 1), 5),
+    # pooling and resampling
+    "SPP": BlockSpec(stages.SPP, (0,), 2),
+    "SPPF": BlockSpec(blocks.SPPF, (0,), 2),
+    "SPPCSPC": BlockSpec(stages.SPPCSPC, (0,), 2),
+    "MPDown": BlockSpec(stages.MPDown, (0,), 1),
+    "MP": BlockSpec(blocks.MaxPoolDown, (), 1, _same, takes_channels=False),
+    "Upsample": BlockSpec(blocks.Upsample, (), 1, _same, takes_channels=False),
     "Concat": BlockSpec(blocks.Concat, (), 1, lambda ch, a: sum(ch), takes_channels=False),
 }
 HEADS: dict[str, type[nn.Module]] = {"AnchorHead": heads.AnchorHead, "AnchorFreeHead": heads.AnchorFreeHead}
@@ -88,34 +110,38 @@ def _build(name: str, args: list, n: int, ch_in: list[int], depth: float, width:
     spec = REGISTRY[name]
     if len(args) > spec.max_args:
         raise CfgError(f"{where}: {name} takes at most {spec.max_args} args, got {len(args)}: {args!r}")
-    built = [scale_width(a, width) if k in spec.width_args and isinstance(a, (int, float)) and a else a
-             for k, a in enumerate(args)]
+    if not isinstance(n, int) or n < 1:
+        raise CfgError(f"{where}: repeats must be a positive int, got {n!r}")
     if spec.takes_channels and len(ch_in) != 1:
         raise CfgError(f"{where}: {name} takes one input, got 'from' with {len(ch_in)}")
-    extra = {"act": act} if name in ("Conv", "ELAN", "SPPF") and not _has_act(name, built) else {}
+    built = [scale_width(a, width) if k in spec.width_args and isinstance(a, (int, float)) and a else a
+             for k, a in enumerate(args)]
     repeats = max(round(n * depth), 1) if n > 1 else 1
     try:
-        mods = [spec.cls(*(([ch_in[0]] if k == 0 else [spec.out(ch_in, built)]) if spec.takes_channels else []),
-                         *built, **extra) for k in range(repeats)]
-    except TypeError as e:
+        c_out = spec.out(ch_in, built)
+        extra = {"act": act} if "act" in inspect.signature(spec.cls).parameters else {}
+        if not spec.takes_channels:
+            mods = [spec.cls(*built)]
+        elif spec.takes_repeats:
+            mods = [spec.cls(ch_in[0], built[0], repeats, *built[1:], **extra)]
+        else:
+            mods = [spec.cls(ch_in[0] if k == 0 else c_out, *built, **extra) for k in range(repeats)]
+    except (TypeError, ValueError, IndexError) as e:
         raise CfgError(f"{where}: {name}{tuple(args)}: {e}") from None
-    module = mods[0] if repeats == 1 else nn.Sequential(*mods)
-    return module, spec.out(ch_in, built)
-
-
-def _has_act(name: str, built: list) -> bool:
-    return any(isinstance(a, str) for a in built)
+    return (mods[0] if len(mods) == 1 else nn.Sequential(*mods)), c_out
 
 
 def _build_head(name: str, args: list, ch_in: list[int], width: float, cfg: dict, where: str) -> nn.Module:
     nc = cfg.get("nc", 80)
     args = [nc if a == "nc" else a for a in args]
     try:
-        if name == "AnchorHead":  # [nc, anchors, nm, npr]
-            nc_, anchors, nm, npr = (args + [32, 256])[:4]
+        if name == "AnchorHead":  # [nc, anchors, nm, npr, implicit]
+            if len(args) > 5:
+                raise CfgError(f"{where}: AnchorHead takes at most 5 args [nc, anchors, nm, npr, implicit]")
+            nc_, anchors, nm, npr, implicit = (args + [32, 256, True][len(args) - 2:])[:5]
             if not (isinstance(anchors, list) and len(anchors) == len(ch_in)):
                 raise CfgError(f"{where}: AnchorHead needs one anchor list per input level ({len(ch_in)})")
-            return heads.AnchorHead(nc_, anchors, nm, scale_width(npr, width) if nm else 0, ch_in)
+            return heads.AnchorHead(nc_, anchors, nm, scale_width(npr, width) if nm else 0, ch_in, bool(implicit))
         nc_, nm, npr, reg_max = (args + [32, 256, 16])[:4]  # AnchorFreeHead: [nc, nm, npr, reg_max]
         return heads.AnchorFreeHead(nc_, nm, scale_width(npr, width) if nm else 0, reg_max, ch_in)
     except (TypeError, ValueError) as e:

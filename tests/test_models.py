@@ -77,7 +77,7 @@ def test_num_classes_override_and_anchor_free_head():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c["backbone"].__setitem__(2, [-1, 1, "Bogus", [64]]), r"row 2 \(backbone\): unknown block 'Bogus'"),
-    (lambda c: c["backbone"].__setitem__(0, [-1, 1, "Conv", [32, 3, 2, 1, "silu", 9]]), r"row 0 .*at most 5 args"),
+    (lambda c: c["backbone"].__setitem__(0, [-1, 1, "Conv", [32, 3, 2, 1, 1, 9]]), r"row 0 .*at most 5 args"),
     (lambda c: c["head"].__setitem__(4, [[-1, 40], 1, "Concat", [1]]), r"row 13 \(head\): 'from' index 40"),
     (lambda c: c["head"].__setitem__(0, [-1, 1, "SPPF"]), r"row 9 .*expected \[from, repeats, block, args\]"),
 ])

@@ -1,0 +1,99 @@
+"""Per-layer table of a model cfg: `python -m models.summary cfg/models/X.yaml [--img-size 640]`.
+
+One row per cfg row (the indices the cfg's comments use): where it reads from, the block and its
+args, output shape, parameters and GFLOPs (2 x conv multiply-accumulates), then the totals.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.model import Model, build_model
+from models.parser import CfgError
+
+
+@dataclass
+class LayerRow:
+    index: int
+    source: str
+    block: str
+    args: str
+    shape: str
+    params: int
+    gflops: float
+
+
+def layer_rows(model: Model, img_size: int = 640) -> list[LayerRow]:
+    """Rows for every layer, FLOPs at img_size x img_size (probed small and scaled, as Model.info)."""
+    max_stride = int(max(model.stride))
+    probe = 2 * max_stride if img_size % max_stride == 0 and img_size > 2 * max_stride else img_size
+    scale = (img_size / probe) ** 2
+    macs = [0] * len(model.layers)
+    shapes: list[str] = [""] * len(model.layers)
+    handles = []
+    for i, layer in enumerate(model.layers):
+        def conv_hook(m, inp, out, i=i):
+            macs[i] += out.numel() // out.shape[0] * m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+
+        def shape_hook(m, inp, out, i=i):
+            t = out[0] if isinstance(out, tuple) else out
+            if isinstance(t, torch.Tensor) and t.ndim == 4:  # C x H x W at img_size
+                shapes[i] = "x".join(str(int(d * img_size / probe) if k else d) for k, d in enumerate(t.shape[1:]))
+            elif isinstance(t, torch.Tensor) and t.ndim == 3:  # a head: predictions x (4 + nc + nm)
+                shapes[i] = f"{int(t.shape[1] * scale)}x{t.shape[2]}"
+        handles += [m.register_forward_hook(conv_hook) for m in layer.modules() if isinstance(m, nn.Conv2d)]
+        handles.append(layer.register_forward_hook(shape_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, probe, probe))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    rows = model.yaml["backbone"] + model.yaml["head"]
+    return [LayerRow(i, str(r[0]), r[2] + (f" x{r[1]}" if r[1] != 1 else ""), _args_text(r[3]), shapes[i],
+                     sum(p.numel() for p in layer.parameters()), 2 * macs[i] * scale / 1e9)
+            for i, (r, layer) in enumerate(zip(rows, model.layers))]
+
+
+def _args_text(args: list) -> str:
+    """Args as written, with anchor lists abbreviated so head rows stay one line."""
+    return "[" + ", ".join("anchors" if isinstance(a, list) and a and isinstance(a[0], list) else str(a)
+                           for a in args) + "]"
+
+
+def format_table(name: str, rows: list[LayerRow], img_size: int) -> str:
+    head = f"{'#':>3}  {'from':<14} {'block':<16} {'args':<48} {'out (CxHxW)':<16} {'params':>11} {'GFLOPs':>8}"
+    lines = [f"{name} at {img_size}x{img_size}", head, "-" * len(head)]
+    lines += [f"{r.index:>3}  {r.source:<14} {r.block:<16} {r.args:<48} {r.shape:<16} {r.params:>11,} {r.gflops:>8.2f}"
+              for r in rows]
+    total_p, total_g = sum(r.params for r in rows), sum(r.gflops for r in rows)
+    lines += ["-" * len(head), f"{len(rows)} layers, {total_p:,} parameters ({total_p / 1e6:.2f}M), "
+                               f"{total_g:.2f} GFLOPs at {img_size}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.summary", description=__doc__.splitlines()[0])
+    parser.add_argument("cfg", nargs="+", help="model cfg YAML(s)")
+    parser.add_argument("--img-size", type=int, default=640)
+    parser.add_argument("--nc", type=int, default=None, help="override the cfg's number of classes")
+    args = parser.parse_args(argv)
+    for cfg in args.cfg:
+        try:
+            model = build_model(cfg, num_classes=args.nc)
+        except CfgError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(format_table(cfg, layer_rows(model, args.img_size), args.img_size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
