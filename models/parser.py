@@ -54,9 +54,9 @@ REGISTRY: dict[str, BlockSpec] = {
     "CSP": BlockSpec(stages.CSPStage, (0,), 6, takes_repeats=True),
     "C3": BlockSpec(stages.C3, (0,), 3, takes_repeats=True),
     "CSPNeck": BlockSpec(stages.CSPNeck, (0,), 1, takes_repeats=True),
-    # network level: [c2, c_, n, tap, c_chain] / [c2, c_, modules, convs, csp]
+    # network level: [c2, c_, n, tap, c_chain] / [c2, c_, modules, convs, csp, module_taps]
     "ELAN": BlockSpec(stages.ELAN, (0, 1, 4), 5),
-    "VoVStage": BlockSpec(stages.VoVStage, (0, 1), 5),
+    "VoVStage": BlockSpec(stages.VoVStage, (0, 1), 6),
     # pooling and resampling
     "SPP": BlockSpec(stages.SPP, (0,), 2),
     "SPPF": BlockSpec(blocks.SPPF, (0,), 2),

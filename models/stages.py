@@ -142,29 +142,31 @@ class VoVStage(nn.Module):
     """A VoVNet stage of `modules` OSA modules (each `convs` 3x3 convs of width c_) with every OSA
     transition removed except the stage's last (Table 4, "Deep VoVNet + ELAN").
 
-    With the inner transitions gone the stage is one chain of modules*convs 3x3 convs. As in ELAN,
-    the single transition aggregates the stage input with the last module's conv outputs, so every
-    layer keeps a short gradient path to the stage output. csp=True splits the input channels
+    With the inner transitions gone the stage is one chain of modules*convs 3x3 convs; as in ELAN,
+    the single transition aggregates the stage input with the last module's conv outputs. csp=True splits the input channels
     50/50 (CSPNet): only one half enters the chain, the other goes straight to the transition.
+    module_taps=True also aggregates every earlier module's last conv (shorter gradient paths for
+    the early convs of long stages, at the cost of a wider transition).
     """
 
     def __init__(self, c1: int, c2: int, c_: int, modules: int = 1, convs: int = 5, csp: bool = False,
-                 act: str = "silu"):
+                 module_taps: bool = False, act: str = "silu"):
         super().__init__()
         if csp and c1 % 2:
             raise ValueError(f"a CSP split needs even input channels, got {c1}")
-        self.csp, self.convs = bool(csp), convs
+        self.csp = bool(csp)
+        n = modules * convs
         c_in = c1 // 2 if csp else c1
-        self.chain = nn.ModuleList(Conv(c_in if j == 0 else c_, c_, 3, act=act) for j in range(modules * convs))
-        self.transition = Conv(c1 + convs * c_, c2, 1, act=act)
+        self.chain = nn.ModuleList(Conv(c_in if j == 0 else c_, c_, 3, act=act) for j in range(n))
+        self.taps = {j for j in range(n) if j >= n - convs or (module_taps and (j + 1) % convs == 0)}
+        self.transition = Conv(c1 + len(self.taps) * c_, c2, 1, act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bypass, y = x.chunk(2, 1) if self.csp else (None, x)
         outs = [y]
-        first_tap = len(self.chain) - self.convs
         for j, conv in enumerate(self.chain):
             y = conv(y)
-            if j >= first_tap:
+            if j in self.taps:
                 outs.append(y)
         if bypass is not None:
             outs.append(bypass)

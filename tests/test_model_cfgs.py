@@ -140,6 +140,8 @@ def test_vov_stage_chains_modules_and_csp_splits_the_input():
     csp = VoVStage(32, 64, 16, modules=3, convs=5, csp=True)
     assert csp.chain[0].conv.in_channels == 16 and csp.transition.conv.in_channels == 32 + 5 * 16
     assert csp(torch.rand(1, 32, 8, 8)).shape == (1, 64, 8, 8)
+    tapped = VoVStage(32, 64, 16, modules=3, convs=5, module_taps=True)
+    assert tapped.taps == {4, 9, 10, 11, 12, 13, 14} and tapped.transition.conv.in_channels == 32 + 7 * 16
 
 
 @pytest.mark.parametrize("c1, c2, s", [(16, 16, 1), (16, 32, 1), (16, 32, 2)])
