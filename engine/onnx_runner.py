@@ -26,6 +26,7 @@ class OnnxBackend:
         self.device = device
         shape = self.session.get_inputs()[0].shape
         self.fixed = None if isinstance(shape[2], str) else (int(shape[2]), int(shape[3]))
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.half = self.session.get_inputs()[0].type == "tensor(float16)"
 
     def __call__(self, images: torch.Tensor):
@@ -33,5 +34,20 @@ class OnnxBackend:
         if self.fixed and tuple(x.shape[2:]) != self.fixed:
             raise ValueError(f"this ONNX model takes {self.fixed[0]}x{self.fixed[1]} inputs; "
                              f"use --img-size {self.fixed[0]} or export with --dynamic")
-        outs = [torch.from_numpy(o.astype(np.float32)).to(self.device) for o in self.session.run(None, {"images": x})]
+        outs = [torch.from_numpy(o.astype(np.float32)).to(self.device) for o in self._run(x)]
         return outs[0], (outs[1] if len(outs) > 1 else None)
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        """One session run, or several when the model was exported with a fixed batch size that
+        differs from this batch (the last chunk zero-padded, its padding dropped)."""
+        b = self.fixed_batch
+        if not b or x.shape[0] == b:
+            return self.session.run(None, {"images": x})
+        parts: list[list[np.ndarray]] = []
+        for i in range(0, x.shape[0], b):
+            chunk = x[i:i + b]
+            n = chunk.shape[0]
+            if n < b:
+                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
+            parts.append([o[:n] for o in self.session.run(None, {"images": chunk})])
+        return [np.concatenate(outs) for outs in zip(*parts)]

@@ -130,3 +130,18 @@ def test_onnx_export_matches_pytorch_and_detects_the_same(weights, tmp_path):
     (k_pt, m_pt), (k_ox, m_ox) = rows(d_pt), rows(d_ox)
     assert len(d_pt) == 5 and torch.allclose(k_pt, k_ox, atol=0.2)
     assert (m_pt ^ m_ox).float().mean() < 1e-3
+
+
+def test_static_batch_onnx_runs_a_folder_in_batches(weights, tmp_path):
+    """An export without --dynamic has batch 1; detect.py batches 8 frames and must still run."""
+    r = subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(weights), "--img-size", "128",
+                        "--out", str(tmp_path / "s.onnx")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from engine.sources import Frame
+
+    frames = [Frame(cv2.imread(str(p)), str(p), 0, False) for p in sorted(IMAGES.iterdir())[:3]]
+    opts = dict(source=str(IMAGES), img_size=128, **LOW)
+    together = Predictor(PredictOptions(weights=str(tmp_path / "s.onnx"), **opts)).infer(frames)
+    alone = [Predictor(PredictOptions(weights=str(tmp_path / "s.onnx"), **opts)).infer([f])[0] for f in frames]
+    assert [len(d) for d in together] == [len(d) for d in alone]
+    assert all(torch.allclose(a.boxes, b.boxes, atol=1e-3) for a, b in zip(together, alone))
