@@ -22,9 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.predictor import PredictOptions, Predictor, Writers  # noqa: E402
-from engine.sources import SkipReport, iter_video  # noqa: E402
-from utils.postprocess import postprocess  # noqa: E402
+from engine.predictor import PredictOptions, Predictor  # noqa: E402
 from models.model import build_model  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
 
@@ -43,6 +41,41 @@ def random_weights(out: Path, cfg: str) -> Path:
                             "config": {"model": model.yaml, "nc": model.nc, "names": names, "img_size": 640}}, out)
 
 
+class TimedBackend:
+    """The predictor's backend, with the seconds spent inside the model summed (synchronised on GPU)."""
+
+    def __init__(self, backend):
+        self.backend, self.seconds = backend, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def __call__(self, x):
+        t = time.perf_counter()
+        out = self.backend(x)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def clip(video: Path, out: Path, frames: int) -> Path:
+    cap = cv2.VideoCapture(str(video))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    writer = None
+    for _ in range(frames):
+        ok, img = cap.read()
+        if not ok:
+            break
+        if writer is None:
+            writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, img.shape[1::-1])
+        writer.write(img)
+    cap.release()
+    if writer is not None:
+        writer.release()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", default=str(DEFAULT_VIDEO))
@@ -56,31 +89,22 @@ def main() -> None:
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp())
     weights = args.weights or str(random_weights(tmp / "w.pt", args.cfg))
-    opt = PredictOptions(weights=weights, source=args.video, img_size=args.img_size, device=args.device,
+    source = args.video
+    if args.frames:  # a clip of the first N frames, so the run is detect.py's own path end to end
+        source = str(clip(Path(args.video), tmp / "clip.mp4", args.frames))
+    opt = PredictOptions(weights=weights, source=source, img_size=args.img_size, device=args.device,
                          conf_thres=args.conf_thres, max_det=args.max_det, project=str(tmp), name="bench")
     pred = Predictor(opt)
-    writers = Writers(tmp, opt, pred.backend.names, pred.backend.category_ids)
-    model_s, n = 0.0, 0
-    model_call = pred.backend
-    t0 = time.perf_counter()
-    for frame in iter_video(Path(args.video), SkipReport([])):
-        x, rps = pred.preprocess([frame])
-        t = time.perf_counter()
-        raw = model_call(x)
-        model_s += time.perf_counter() - t
-        dets = postprocess(*raw, tuple(x.shape[-2:]), [frame.image.shape[:2]], rps, opt.conf_thres, opt.iou_thres,
-                           opt.max_det)[0]
-        writers.write(frame, dets)
-        n += 1
-        if args.frames and n >= args.frames:
-            break
-    writers.close()
-    total = time.perf_counter() - t0
+    timed = TimedBackend(pred.backend)
+    pred.backend = timed
+    summary = pred.run()
+    total, n = summary["seconds"], summary["frames"]
+    model_s = timed.seconds
     cap = cv2.VideoCapture(args.video)
     w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     cap.release()
     print(f"{Path(args.video).name} {w}x{h}, {n} frames, img-size {args.img_size}, device {args.device}, "
-          f"threads {torch.get_num_threads()}, {writers.counts['detections'] / max(n, 1):.1f} detections/frame")
+          f"threads {torch.get_num_threads()}, {summary['detections'] / max(n, 1):.1f} detections/frame")
     print(f"end-to-end {n / total:.2f} fps ({total / n * 1e3:.1f} ms/frame); model {model_s / n * 1e3:.1f} ms/frame; "
           f"outside the model {100 * (1 - model_s / total):.1f}% of the time")
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from data.augment import letterbox
 from engine.evaluator import to_coco_results
+from engine.pipeline import Behind, prefetch
 from engine.sources import Frame, SkipReport, open_source
 from utils.checkpoint import atomic_write_text
 from utils.draw import draw
@@ -189,25 +190,47 @@ class Predictor:
 
     def infer(self, frames: list[Frame]) -> list[Detections]:
         x, rps = self.preprocess(frames)
-        pred, proto = self.backend(x)
-        return postprocess(pred, proto, tuple(x.shape[-2:]), [f.image.shape[:2] for f in frames], rps,
+        return self.postprocess(frames, tuple(x.shape[-2:]), rps, self.backend(x))
+
+    def postprocess(self, frames: list[Frame], shape: tuple[int, int], rps: list, raw) -> list[Detections]:
+        pred, proto = raw
+        return postprocess(pred, proto, shape, [f.image.shape[:2] for f in frames], rps,
                            self.opt.conf_thres, self.opt.iou_thres, self.opt.max_det, classes=self.opt.classes,
                            agnostic=self.opt.agnostic_nms, retina_masks=self.opt.retina_masks)
 
     def run(self) -> dict:
+        """Predict over the whole source. Decoding and letterboxing run ahead of the model in one
+        thread, postprocessing, drawing and encoding behind it in another (in order), so the
+        model is not kept waiting by I/O; with --view-img the windows are driven from this thread."""
         opt = self.opt
         frames = open_source(opt.source, self.skips)  # raises SourceError before a run folder is made
         save_dir = new_run_dir(opt.project, opt.name, opt.exist_ok)
         writers = Writers(save_dir, opt, self.backend.names, self.backend.category_ids)
-        t0, pending = time.perf_counter(), []
+        t0 = time.perf_counter()
         bar = tqdm(desc="detect", unit="frame", bar_format="{l_bar}{n_fmt} [{elapsed}, {rate_fmt}]")
+
+        def finish(item) -> None:
+            batch, shape, rps, raw = item
+            for frame, dets in zip(batch, self.postprocess(batch, shape, rps, raw)):
+                annotated = writers.write(frame, dets)
+                if opt.view_img:
+                    cv2.imshow(frame.path, annotated)
+                    cv2.waitKey(1)
+            bar.update(len(batch))
+
+        behind = None if opt.view_img else Behind(finish)
         try:
-            for frame in frames:
-                pending.append(frame)
-                if frame.is_video or len(pending) >= opt.batch_size:
-                    self._flush(pending, writers, bar)
-            self._flush(pending, writers, bar)
+            for batch, x, rps in prefetch((b, *self.preprocess(b)) for b in self._batches(frames)):
+                item = (batch, tuple(x.shape[-2:]), rps, self.backend(x))
+                behind.submit(item) if behind else finish(item)
+            if behind:
+                behind.close()
         finally:
+            if behind and behind.thread.is_alive():  # an error above: stop the writer thread first
+                try:
+                    behind.close()
+                except Exception:  # noqa: BLE001 - the error already propagating is the one to report
+                    pass
             writers.close()
             bar.close()
         summary = {**writers.counts, "skipped": len(self.skips.skipped), "save_dir": str(save_dir),
@@ -219,13 +242,14 @@ class Predictor:
                  summary["seconds"], save_dir)
         return summary
 
-    def _flush(self, pending: list[Frame], writers: Writers, bar) -> None:
-        if not pending:
-            return
-        for frame, dets in zip(pending, self.infer(pending)):
-            annotated = writers.write(frame, dets)
-            if self.opt.view_img:
-                cv2.imshow(frame.path, annotated)
-                cv2.waitKey(1)
-        bar.update(len(pending))
-        pending.clear()
+    def _batches(self, frames):
+        """Frames grouped for one forward pass: up to --batch-size images, video frames one by one
+        (a video's frames go out in order and its writer sees them as they come)."""
+        pending: list[Frame] = []
+        for frame in frames:
+            pending.append(frame)
+            if frame.is_video or len(pending) >= self.opt.batch_size:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
