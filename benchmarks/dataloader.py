@@ -43,14 +43,19 @@ def tree_rss() -> int:
 
 
 def images_per_second(loader, batches: int) -> tuple[float, int]:
+    """Steady-state rate over `batches` batches, crossing epochs when the split is small (the
+    workers persist); worker start-up and the first batch are not counted."""
     it = iter(loader)
-    next(it)  # worker start-up and the first batch are not throughput
-    n, peak, t0 = 0, 0, time.perf_counter()
-    for k, batch in enumerate(it):
-        n += len(batch)
-        peak = max(peak, tree_rss())
-        if k + 1 >= batches:
-            break
+    next(it)
+    n, seen, peak, t0 = 0, 0, 0, time.perf_counter()
+    while seen < batches:
+        for batch in it:
+            n += len(batch)
+            seen += 1
+            peak = max(peak, tree_rss())
+            if seen >= batches:
+                break
+        it = iter(loader)
     return n / (time.perf_counter() - t0), peak
 
 
@@ -59,7 +64,7 @@ def main() -> None:
     p.add_argument("--data", default=None)
     p.add_argument("--img-size", type=int, default=640)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--batches", type=int, default=16, help="batches timed per setting (after the first)")
+    p.add_argument("--batches", type=int, default=40, help="batches timed per setting (after the first)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args()
     cfg = load_data_config(args.data or default_data())

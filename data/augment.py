@@ -62,7 +62,8 @@ def clip_polygon(s: np.ndarray, w: int, h: int) -> np.ndarray:
     if len(s) and s.min() >= 0 and s[:, 0].max() <= w and s[:, 1].max() <= h:
         return s  # entirely inside: most polygons
     for axis, bound, below in ((0, 0, False), (0, w, True), (1, 0, False), (1, h, True)):
-        s = _clip_half_plane(s, axis, bound, below)
+        if len(s) and ((s[:, axis].max() > bound) if below else (s[:, axis].min() < bound)):
+            s = _clip_half_plane(s, axis, bound, below)  # only the sides the polygon crosses
     return s
 
 

@@ -139,3 +139,23 @@ def test_two_process_gloo_ddp_saves_once(tmp_path):
     runs = list((tmp_path / "runs").iterdir())
     assert [p.name for p in runs] == ["exp"]  # rank 1 made no folder of its own
     assert load_checkpoint(runs[0] / "weights/last.pt")["epoch"] == 0
+
+
+@pytest.mark.parametrize("cfg", ["yolor-csp-stopgrad-b-seg", "yolor-elan-af-seg"])
+def test_paper_cfg_trains_validates_and_exports(tmp_path, cfg):
+    """A paper network (stop-gradient blocks; the anchor-free head) through train.py, the
+    checkpoint through export.py to ONNX, and the ONNX model through detect.py."""
+    runs = tmp_path / "runs"
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", f"cfg/models/{cfg}.yaml", "--epochs", "1",
+                        "--img-size", "96", "--batch-size", "4", "--workers", "0", "--project", str(runs),
+                        "--name", "p"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    best = runs / "p/weights/best.pt"
+    assert load_checkpoint(best)["config"]["model"]["name"] == cfg
+    r = subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(best), "--img-size", "96"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "max abs diff" in r.stdout, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, str(ROOT / "detect.py"), "--weights", str(best.with_suffix(".onnx")),
+                        "--source", str(ROOT / "datasets/coco-mini/images"), "--img-size", "96",
+                        "--project", str(runs), "--name", "d"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "32 images" in r.stderr, r.stderr[-3000:]
