@@ -174,3 +174,21 @@ def test_summary_cli_totals_match_info(capsys):
     assert "ELAN" in row4 and "256x160x160" in row4
     assert main([str(ROOT / "cfg/models/nope.yaml")]) == 2
     assert "model cfg not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("head", ["AnchorHead", "AnchorFreeHead"])
+def test_detection_only_variants_share_the_heads(head):
+    """nm = 0: the same head classes without the prototype branch or mask coefficients."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "cfg/models/gp-n-seg.yaml").read_text())
+    cfg["head"][-1][2:] = [head, ["nc", cfg["anchors"], 0] if head == "AnchorHead" else ["nc", 0]]
+    model = build_model(cfg, num_classes=3)
+    assert model.nm == 0 and model.head.proto is None
+    model.train()
+    out = model(torch.rand(1, 3, 64, 64))
+    assert out.proto is None and out.nm == 0
+    model.eval()
+    with torch.no_grad():
+        pred, proto = model(torch.rand(1, 3, 64, 64))
+    assert proto is None and pred.shape[-1] == 4 + 3
