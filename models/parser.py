@@ -159,8 +159,11 @@ def load_cfg(cfg: str | Path | dict) -> tuple[dict[str, Any], str]:
     from utils.paths import resolve_repo_path
 
     path = resolve_repo_path(cfg)
+    if not path.is_file():  # a bare name: cfg/models/<name>.yaml
+        path = resolve_repo_path(Path("cfg/models") / Path(str(cfg)).with_suffix(".yaml").name)
     if not path.is_file():
-        raise CfgError(f"{cfg}: model cfg not found")
+        known = ", ".join(sorted(p.stem for p in resolve_repo_path("cfg/models").glob("*.yaml")))
+        raise CfgError(f"{cfg}: model cfg not found (a path, or one of: {known})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

@@ -192,3 +192,12 @@ def test_detection_only_variants_share_the_heads(head):
     with torch.no_grad():
         pred, proto = model(torch.rand(1, 3, 64, 64))
     assert proto is None and pred.shape[-1] == 4 + 3
+
+
+def test_cfg_by_bare_name_from_any_directory(tmp_path, monkeypatch):
+    from models.parser import CfgError
+
+    monkeypatch.chdir(tmp_path)
+    assert build_model("yolor-elan-11-seg").yaml["name"] == "yolor-elan-11-seg"
+    with pytest.raises(CfgError, match=r"yolor-elan: model cfg not found \(a path, or one of: .*yolor-elan-seg"):
+        build_model("yolor-elan")
