@@ -135,7 +135,8 @@ class ELAN(nn.Module):
             y = conv(y)
             if (i + 1) % self.tap == 0:
                 outs.append(y)
-        return self.transition(torch.cat(outs, 1))
+        # concatenated newest first, as YOLOv7 does, so its trained transitions map weight for weight
+        return self.transition(torch.cat(outs[::-1], 1))
 
 
 class VoVStage(nn.Module):

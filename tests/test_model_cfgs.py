@@ -201,3 +201,32 @@ def test_cfg_by_bare_name_from_any_directory(tmp_path, monkeypatch):
     assert build_model("yolor-elan-11-seg").yaml["name"] == "yolor-elan-11-seg"
     with pytest.raises(CfgError, match=r"yolor-elan: model cfg not found \(a path, or one of: .*yolor-elan-seg"):
         build_model("yolor-elan")
+
+
+def test_repconv_rows_in_a_cfg_fuse_to_the_same_outputs():
+    """YOLOv7's head uses RepConv for its last 3x3 convs: the parser builds it and Model.fuse()
+    folds its branches (with every BatchNorm) so the deployed model computes the same thing."""
+    import yaml
+
+    torch.manual_seed(0)
+    cfg = yaml.safe_load((ROOT / "cfg/models/gp-n-seg.yaml").read_text())
+    assert cfg["head"][11][2:] == ["Conv", [128, 3, 2]] and cfg["head"][14][2:] == ["Conv", [256, 3, 2]]
+    cfg["head"][11][2] = cfg["head"][14][2] = "RepConv"  # the two stride-2 3x3 convs of the PAN
+    cfg["head"][2] = [-1, 1, "RepConv", [128, 3, 1]]      # row 11, was Upsample: same width, identity branch
+    cfg["head"].insert(3, [-1, 1, "Upsample", [2]])
+    for row in cfg["head"][4:]:
+        shift = (lambda f: f + 1 if f >= 11 else f)
+        row[0] = [shift(f) for f in row[0]] if isinstance(row[0], list) else (row[0] if row[0] < 0 else shift(row[0]))
+    model = build_model(cfg)
+    reps = [m for m in model.modules() if isinstance(m, RepConv)]
+    assert len(reps) == 3 and reps[0].identity is not None and reps[1].identity is None
+    model.eval()
+    with torch.no_grad():
+        for bn in [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]:
+            bn.running_mean.uniform_(-0.1, 0.1)
+            bn.running_var.uniform_(0.5, 1.5)
+        x = torch.rand(1, 3, 64, 64)
+        ref, _ = model(x)
+        fused, _ = model.fuse()(x)
+    assert all(m.fused is not None for m in reps)
+    assert torch.allclose(ref, fused, atol=1e-4, rtol=1e-4)
