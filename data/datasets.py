@@ -71,6 +71,10 @@ def read_coco(split: SplitSpec, category_ids: list[int]) -> LabelIndex:
         im = images[image_id]
         seg = ann.get("segmentation")
         poly = join_polygons(seg) if isinstance(seg, list) else None
+        if isinstance(seg, list) and any(len(part) < 6 for part in seg):
+            counts["fixed"] += 1
+            LOG.warning("%s: polygon with fewer than 3 points dropped%s", where,
+                        "; the box outline is used as its mask" if poly is None else "")
         ok = check_instance(np.array([x, y, x + w, y + h], np.float32), poly, (im["height"], im["width"]), counts, where)
         if ok is not None:
             by_image[image_id].append((ok[0], cat_to_idx[ann["category_id"]], ok[1]))

@@ -148,6 +148,8 @@ def check_instance(box_xyxy: np.ndarray, poly: np.ndarray | None, shape: tuple[i
     if poly is None or len(poly) < 3 or not np.all(np.isfinite(poly)):
         if poly is not None:
             counts["fixed"] += 1
+            LOG.warning("%s: polygon with %d point(s) or non-finite values, the box outline is used as its mask",
+                        where, len(poly))
         x1, y1, x2, y2 = clipped
         poly = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32)
     else:

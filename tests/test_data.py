@@ -147,16 +147,20 @@ def _broken_copy(tmp_path: Path) -> Path:
     anns.append({**anns[0], "id": 10**12 + 1, "image_id": 42})                # unknown image
     anns.append({**anns[0], "id": 10**12 + 2, "bbox": [5, 5, 0, 10]})         # zero width
     anns.append({**anns[0], "id": 10**12 + 3})                                # duplicate
+    kept = next(a for a in anns if a["image_id"] not in (first["id"], second["id"]))
+    anns.append({**kept, "id": 10**12 + 4, "bbox": [10, 10, 20, 20], "segmentation": [[10, 10, 30, 30]]})  # 2 points
     (tmp_path / "ann.json").write_text(json.dumps(data))
     return _yaml(tmp_path, {"format": "coco", "path": str(tmp_path),
                             "val": {"images": "images", "annotations": "ann.json"}})
 
 
-def test_bad_input_is_counted_and_skipped(tmp_path):
+def test_bad_input_is_counted_and_skipped(tmp_path, caplog):
     cfg = load_data_config(_broken_copy(tmp_path))
-    index = load_index(cfg, "val")
+    with caplog.at_level("WARNING"):
+        index = load_index(cfg, "val")
     c = index.counts
     assert (c["corrupt"], c["missing"], c["bad_labels"], c["duplicates"]) == (1, 1, 3, 1)
+    assert c["fixed"] >= 1 and f"annotation id {10**12 + 4}: polygon" in caplog.text and "polygon with fewer than 3 points" in caplog.text
     assert c["images"] == 6 and "corrupt 1" in index.summary()
     loader, _ = build_dataloader(cfg, "val", 128, 4, rect=True)
     assert sum(len(b) for b in loader) == 6
