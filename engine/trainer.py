@@ -237,7 +237,8 @@ class Trainer:
         loss, terms = self.criterion(outputs, batch)  # loss in fp32: the head output is upcast inside
         if self.dist.enabled:
             loss = loss * self.dist.world_size
-        if not torch.isfinite(loss):
+        # every rank must skip together: one rank without a backward would hang DDP's all-reduce
+        if all_reduce_max(float(not torch.isfinite(loss)), self.dist, self.device):
             return self._skip_step(terms)
         self.bad_steps = 0
         self.scaler.scale(loss).backward()
