@@ -16,7 +16,7 @@ from tqdm import tqdm
 from data.augment import letterbox
 from engine.evaluator import to_coco_results
 from engine.pipeline import Behind, prefetch
-from engine.sources import Frame, SkipReport, open_source
+from engine.sources import Frame, SkipReport, is_stream, open_source
 from utils.checkpoint import atomic_write_text
 from utils.draw import draw
 from utils.dist import select_device
@@ -220,7 +220,8 @@ class Predictor:
 
         behind = None if opt.view_img else Behind(finish)
         try:
-            for batch, x, rps in prefetch((b, *self.preprocess(b)) for b in self._batches(frames)):
+            ahead = 1 if is_stream(opt.source) else 4  # a live stream: stay on the newest frame
+            for batch, x, rps in prefetch(((b, *self.preprocess(b)) for b in self._batches(frames)), ahead):
                 item = (batch, tuple(x.shape[-2:]), rps, self.backend(x))
                 behind.submit(item) if behind else finish(item)
             if behind:
