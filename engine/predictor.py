@@ -223,7 +223,10 @@ class Predictor:
             ahead = 1 if is_stream(opt.source) else 4  # a live stream: stay on the newest frame
             for batch, x, rps in prefetch(((b, *self.preprocess(b)) for b in self._batches(frames)), ahead):
                 item = (batch, tuple(x.shape[-2:]), rps, self.backend(x))
-                behind.submit(item) if behind else finish(item)
+                if behind:
+                    behind.submit(item)
+                else:
+                    finish(item)
             if behind:
                 behind.close()
         finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import sys
 from argparse import Namespace
-from pathlib import Path
 from typing import Callable
 
 from data.config import load_data_config
