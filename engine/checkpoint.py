@@ -24,8 +24,15 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint",
     return model
 
 
+def _drop_head_alias(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoints written before Model.head became a property hold the last layer twice, once
+    more under 'head.*'; those copies are dropped (the 'layers.<last>.*' tensors are the same)."""
+    return {k: v for k, v in state.items() if not k.startswith("head.")}
+
+
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> str:
     """Load what matches exactly; return '' or a one-line summary of what differed."""
+    state = _drop_head_alias(state)
     own = model.state_dict()
     report = load_report(own, state)
     if report:
@@ -38,6 +45,7 @@ def transfer_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str
     """Copy the tensors whose name and shape match (for --weights fine-tuning).
 
     Returns (loaded, total, a one-line summary of the layers that differ, '' when none)."""
+    state = _drop_head_alias(state)
     own = model.state_dict()
     matched = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(matched, strict=False)

@@ -6,7 +6,8 @@ our format, without importing or running any of the file's code.
 The pickle is read by a restricted unpickler: class references under the official packages become
 inert stand-ins that only record their state, tensors are rebuilt from the archive's raw storages,
 and any other global (os.system, builtins.eval, subprocess, ...) is refused before anything runs.
-The tensors are then matched to our cfg in layer and parameter order, every shape checked.
+The body's tensors are then matched to our cfg in layer and parameter order, every shape checked,
+and the head's by role (prediction convs, implicit knowledge, prototypes, anchors).
 """
 from __future__ import annotations
 
@@ -172,15 +173,73 @@ def map_by_order(ours: "OrderedDict[str, torch.Tensor]", theirs: "OrderedDict[st
     return out
 
 
+# Head tensors an official file may hold that have no trained counterpart here: YOLOv5-style
+# anchor grids, and YOLOR's ImplicitM, which the official ISegment/IDetect forward never applies
+# (so the faithful conversion is our ImplicitM at exactly 1).
+_HEAD_EXTRAS = ("anchor_grid", "im.")
+
+
+def _head_prefix(keys, what: str, source: str) -> str:
+    """'model.105.' for the layer that holds the anchors (anchor heads) or the last layer."""
+    anchor = [k for k in keys if k.endswith(".anchors")]
+    last = anchor[-1] if anchor else next(reversed(list(keys)))
+    parts = last.split(".")
+    if len(parts) < 3:
+        raise CheckpointError(f"{source}: cannot find the {what} head in tensor names like '{last}'")
+    return ".".join(parts[:2]) + "."
+
+
+def map_head(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], strides: torch.Tensor,
+             source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Head tensors by role (m.i, ia.i, proto.*, cv*/box/cls ...), keyed without the layer prefix.
+    Official anchors are stored in grid units (no `strides` buffer): scaled to pixels here."""
+    out, notes = {}, []
+    for key, ref in ours.items():
+        if key == "strides":
+            continue
+        if key == "anchors" and "anchors" in theirs:
+            a = theirs["anchors"].float()
+            out[key] = a if "strides" in theirs else a * strides.view(-1, 1, 1).to(a)
+        elif key in theirs and tuple(theirs[key].shape) == tuple(ref.shape) and \
+                not (key.startswith("im.") and "strides" not in theirs):
+            out[key] = theirs[key]
+        elif key.startswith("im."):
+            out[key] = torch.ones_like(ref)
+            if key.endswith("0.implicit"):
+                notes.append("ImplicitM set to 1 (the official head never applies it)")
+        else:
+            got = tuple(theirs[key].shape) if key in theirs else "missing"
+            raise CheckpointError(f"{source}: head tensor {key}: ours {tuple(ref.shape)}, the file's {got}: wrong --cfg?")
+    unused = [k for k in theirs if k not in out and k != "strides" and not k.startswith(_HEAD_EXTRAS)]
+    if unused:
+        raise CheckpointError(f"{source}: head tensors {unused[:4]} have no place in this cfg's head: wrong --cfg?")
+    return out, notes
+
+
 def convert(src: str | Path, cfg: str | Path, out: str | Path, nc: int | None = None) -> Path:
+    """The body is matched in layer and parameter order (every shape checked), the head by role."""
     from models.model import build_model
 
     obj = read_official(src)
     theirs, names = official_state(obj, str(src))
     model = build_model(cfg, num_classes=nc or (len(names) if names else None))
     state = model.state_dict()
-    mapped = map_by_order(state, theirs, str(src))
+    ours_prefix = f"layers.{len(model.layers) - 1}."
+    theirs_prefix = _head_prefix(theirs.keys(), "file's", str(src))
+    body = map_by_order(OrderedDict((k, v) for k, v in state.items() if not k.startswith(ours_prefix)),
+                        OrderedDict((k, v) for k, v in theirs.items() if not k.startswith(theirs_prefix)), str(src))
+    head, notes = map_head({k[len(ours_prefix):]: v for k, v in state.items() if k.startswith(ours_prefix)},
+                           {k[len(theirs_prefix):]: v for k, v in theirs.items() if k.startswith(theirs_prefix)},
+                           model.stride, str(src))
+    mapped = {**body, **{ours_prefix + k: v.to(state[ours_prefix + k].dtype) for k, v in head.items()}}
     model.load_state_dict({**state, **mapped})
+    if "anchors" in head:  # the config rebuilds the model: keep the file's anchors there too
+        model.yaml["anchors"] = [[round(float(v), 3) for v in level.flatten()] for level in head["anchors"]]
+        for row in model.yaml["head"]:
+            if row[2] == "AnchorHead":
+                row[3][1] = model.yaml["anchors"]
+    for note in notes:
+        print(f"convert: {note}", file=sys.stderr)
     names = list(names) if names and len(names) == model.nc else [str(i) for i in range(model.nc)]
     ckpt = {"model": model.state_dict(), "ema": None, "epoch": -1, "best_fitness": -1.0,
             "config": {"model": model.yaml, "nc": model.nc, "names": names,

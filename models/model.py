@@ -22,7 +22,6 @@ class Model(nn.Module):
         # outputs of these layers are kept during forward because a later row reads them
         self.keep = {j if j >= 0 else i + j for i, f in enumerate(self.froms)
                      for j in ([f] if isinstance(f, int) else f) if not (isinstance(f, int) and f == -1)}
-        self.head: HeadBase = self.layers[-1]
         self.nc, self.nm = self.head.nc, self.head.nm
         self._init_strides()
 
@@ -36,6 +35,11 @@ class Model(nn.Module):
                                               for p in out.preds], dtype=torch.float32))
         self.head.init_biases()
         self.train(was_training)
+
+    @property
+    def head(self) -> HeadBase:
+        """The last layer (a property, not a second registration, so the state_dict holds it once)."""
+        return self.layers[-1]
 
     @property
     def stride(self) -> torch.Tensor:

@@ -76,6 +76,57 @@ def test_wrong_cfg_names_the_first_mismatch(monkeypatch, tmp_path):
         convert(src, tmp_path / "narrow.yaml", tmp_path / "x.pt")
 
 
+def test_official_isegment_head_maps_by_role(monkeypatch, tmp_path):
+    """YOLOv7-seg's ISegment stores anchors in grid units, its tensors in another order (anchors,
+    m, ia, im, proto) and an ImplicitM sized for the detection outputs that its forward never
+    applies: the converter maps the head by role, scales the anchors and sets ImplicitM to 1."""
+    torch.manual_seed(0)
+    ours = build_model(CFG).eval()
+    with torch.no_grad():
+        for im in ours.head.im:
+            im.implicit.fill_(1.0)  # what the official forward computes: no ImplicitM
+    fake = copy.deepcopy(ours)
+    yolo, common = types.ModuleType("models.yolo"), types.ModuleType("models.common")
+    monkeypatch.setitem(sys.modules, "models.yolo", yolo)
+    monkeypatch.setitem(sys.modules, "models.common", common)
+
+    class ISegment(torch.nn.Module):
+        def __init__(self, head):
+            super().__init__()
+            self.register_buffer("anchors", head.anchors / head.strides.view(-1, 1, 1))
+            self.m, self.ia = head.m, head.ia
+            self.im = torch.nn.ModuleList(ImplicitM(255) for _ in head.m)
+            self.proto = head.proto
+
+    class ImplicitM(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.implicit = torch.nn.Parameter(torch.rand(1, c, 1, 1))
+
+    class Model(torch.nn.Module):
+        def __init__(self, layers):
+            super().__init__()
+            self.model = torch.nn.Sequential(*layers)
+
+    for cls, mod in ((ISegment, yolo), (ImplicitM, common), (Model, yolo)):
+        cls.__module__, cls.__qualname__ = mod.__name__, cls.__name__
+        setattr(mod, cls.__name__, cls)
+    official = Model([*fake.layers[:-1], ISegment(fake.layers[-1])])
+    torch.save({"model": official, "ema": None}, tmp_path / "yolov7-seg.pt")
+    monkeypatch.delitem(sys.modules, "models.yolo")
+    monkeypatch.delitem(sys.modules, "models.common")
+
+    ckpt = load_checkpoint(convert(tmp_path / "yolov7-seg.pt", CFG, tmp_path / "ours.pt"))
+    from engine.checkpoint import model_from_checkpoint
+
+    converted = model_from_checkpoint(ckpt).eval()
+    assert torch.allclose(converted.head.anchors, ours.head.anchors)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = converted(x), ours(x)
+    assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1], b[1], atol=1e-5)
+
+
 class _Evil:
     def __init__(self, marker):
         self.marker = marker
