@@ -15,6 +15,12 @@ def make_act(name: str | None) -> nn.Module:
     return acts[name]()
 
 
+def fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of the conv that equals `weight` followed by `bn` in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
 class Conv(nn.Module):
     """Conv2d (no bias) + BatchNorm + activation; `fuse()` folds the BN into the conv."""
 
@@ -32,12 +38,11 @@ class Conv(nn.Module):
     def fuse(self) -> None:
         if isinstance(self.bn, nn.Identity):
             return
-        w, bn = self.conv.weight, self.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        w, b = fold_bn(self.conv.weight, self.bn)
         fused = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, self.conv.kernel_size,
                           self.conv.stride, self.conv.padding, groups=self.conv.groups, bias=True).to(w.device)
-        fused.weight.copy_(w * scale.view(-1, 1, 1, 1))
-        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        fused.weight.copy_(w)
+        fused.bias.copy_(b)
         self.conv, self.bn = fused, nn.Identity()
 
 
@@ -63,22 +68,17 @@ class RepConv(nn.Module):
         y = self.dense(x) + self.one(x)
         return self.act(y if self.identity is None else y + self.identity(x))
 
-    @staticmethod
-    def _fold(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        return weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
-
     @torch.no_grad()
     def fuse(self) -> None:
         if self.fused is not None:
             return
-        w3, b3 = self._fold(self.dense.conv.weight, self.dense.bn)
-        w1, b1 = self._fold(nn.functional.pad(self.one.conv.weight, [1, 1, 1, 1]), self.one.bn)
+        w3, b3 = fold_bn(self.dense.conv.weight, self.dense.bn)
+        w1, b1 = fold_bn(nn.functional.pad(self.one.conv.weight, [1, 1, 1, 1]), self.one.bn)
         w, b = w3 + w1, b3 + b1
         if self.identity is not None:
             eye = torch.zeros_like(w3)
             eye[torch.arange(self.c1), torch.arange(self.c1), 1, 1] = 1.0
-            wi, bi = self._fold(eye, self.identity)
+            wi, bi = fold_bn(eye, self.identity)
             w, b = w + wi, b + bi
         self.fused = nn.Conv2d(self.c1, self.c2, 3, self.s, 1, bias=True).to(w.device)
         self.fused.weight.copy_(w)

@@ -68,20 +68,35 @@ class Model(nn.Module):
             m.fuse()
         return self
 
-    def info(self, img_size: int = 640) -> dict[str, float]:
-        """layers, params, and GFLOPs (2 x conv multiply-accumulates) at img_size x img_size.
+    def profile(self, img_size: int = 640) -> list[tuple[float, tuple[int, ...]]]:
+        """Per layer: GFLOPs (2 x conv multiply-accumulates) and output shape (no batch dim) at an
+        img_size x img_size input, in eval mode (a head gives its predictions' shape).
 
         Every feature map's area is proportional to the input's when the input is a multiple of
-        the largest stride, so the count is taken on a small probe and scaled exactly."""
+        the largest stride, so the forward runs on a small probe and the figures are scaled exactly."""
         max_stride = int(max(self.stride))
         probe = 2 * max_stride if img_size % max_stride == 0 and img_size > 2 * max_stride else img_size
-        macs = [0]
+        side, area = img_size / probe, (img_size / probe) ** 2
+        macs = [0] * len(self.layers)
+        shapes: list[tuple[int, ...]] = [()] * len(self.layers)
 
-        def hook(m: nn.Conv2d, inp, out):
-            k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-            macs[0] += out.numel() // out.shape[0] * k
+        def conv_hook(i: int):
+            def hook(m: nn.Conv2d, inp, out):
+                macs[i] += out.numel() // out.shape[0] * m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+            return hook
 
-        handles = [m.register_forward_hook(hook) for m in self.modules() if isinstance(m, nn.Conv2d)]
+        def shape_hook(i: int):
+            def hook(m, inp, out):
+                t = out[0] if isinstance(out, tuple) else out
+                if isinstance(t, torch.Tensor) and t.ndim == 4:  # C x H x W
+                    shapes[i] = (t.shape[1], round(t.shape[2] * side), round(t.shape[3] * side))
+                elif isinstance(t, torch.Tensor) and t.ndim == 3:  # predictions x (4 + nc + nm)
+                    shapes[i] = (round(t.shape[1] * area), t.shape[2])
+            return hook
+
+        handles = [layer.register_forward_hook(shape_hook(i)) for i, layer in enumerate(self.layers)]
+        handles += [m.register_forward_hook(conv_hook(i)) for i, layer in enumerate(self.layers)
+                    for m in layer.modules() if isinstance(m, nn.Conv2d)]
         was_training = self.training
         self.eval()
         try:
@@ -92,8 +107,12 @@ class Model(nn.Module):
             for h in handles:
                 h.remove()
             self.train(was_training)
+        return [(2 * m * area / 1e9, shape) for m, shape in zip(macs, shapes)]
+
+    def info(self, img_size: int = 640) -> dict[str, float]:
+        """layers, params, and GFLOPs (2 x conv multiply-accumulates) at img_size x img_size."""
         return {"layers": len(self.layers), "params": sum(p.numel() for p in self.parameters()),
-                "gflops": 2 * macs[0] * (img_size / probe) ** 2 / 1e9}
+                "gflops": sum(g for g, _ in self.profile(img_size))}
 
 
 def build_model(cfg: str | Path | dict, num_classes: int | None = None) -> Model:

@@ -9,8 +9,6 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-import torch
-from torch import nn
 
 from models.model import Model, build_model
 from models.parser import CfgError
@@ -28,38 +26,11 @@ class LayerRow:
 
 
 def layer_rows(model: Model, img_size: int = 640) -> list[LayerRow]:
-    """Rows for every layer, FLOPs at img_size x img_size (probed small and scaled, as Model.info)."""
-    max_stride = int(max(model.stride))
-    probe = 2 * max_stride if img_size % max_stride == 0 and img_size > 2 * max_stride else img_size
-    scale = (img_size / probe) ** 2
-    macs = [0] * len(model.layers)
-    shapes: list[str] = [""] * len(model.layers)
-    handles = []
-    for i, layer in enumerate(model.layers):
-        def conv_hook(m, inp, out, i=i):
-            macs[i] += out.numel() // out.shape[0] * m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-
-        def shape_hook(m, inp, out, i=i):
-            t = out[0] if isinstance(out, tuple) else out
-            if isinstance(t, torch.Tensor) and t.ndim == 4:  # C x H x W at img_size
-                shapes[i] = "x".join(str(int(d * img_size / probe) if k else d) for k, d in enumerate(t.shape[1:]))
-            elif isinstance(t, torch.Tensor) and t.ndim == 3:  # a head: predictions x (4 + nc + nm)
-                shapes[i] = f"{int(t.shape[1] * scale)}x{t.shape[2]}"
-        handles += [m.register_forward_hook(conv_hook) for m in layer.modules() if isinstance(m, nn.Conv2d)]
-        handles.append(layer.register_forward_hook(shape_hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, probe, probe))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    """Rows for every layer, FLOPs and output shapes at img_size x img_size (Model.profile)."""
     rows = model.yaml["backbone"] + model.yaml["head"]
-    return [LayerRow(i, str(r[0]), r[2] + (f" x{r[1]}" if r[1] != 1 else ""), _args_text(r[3]), shapes[i],
-                     sum(p.numel() for p in layer.parameters()), 2 * macs[i] * scale / 1e9)
-            for i, (r, layer) in enumerate(zip(rows, model.layers))]
+    return [LayerRow(i, str(r[0]), r[2] + (f" x{r[1]}" if r[1] != 1 else ""), _args_text(r[3]),
+                     "x".join(map(str, shape)), sum(p.numel() for p in layer.parameters()), gflops)
+            for i, (r, layer, (gflops, shape)) in enumerate(zip(rows, model.layers, model.profile(img_size)))]
 
 
 def _args_text(args: list) -> str:
