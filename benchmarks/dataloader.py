@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from data.config import load_data_config  # noqa: E402
 from data.loader import build_dataloader  # noqa: E402
 from utils.config import load_hyp  # noqa: E402
+from utils.memory import process_tree_rss  # noqa: E402
 
 COCO128 = ROOT.parent / "shared/data/dev/coco128_instances"
 
@@ -37,11 +37,6 @@ def default_data() -> str:
     return str(out)
 
 
-def tree_rss() -> int:
-    me = psutil.Process()
-    return sum(p.memory_info().rss for p in [me, *me.children(recursive=True)])
-
-
 def images_per_second(loader, batches: int) -> tuple[float, int]:
     """Steady-state rate over `batches` batches, crossing epochs when the split is small (the
     workers persist); worker start-up and the first batch are not counted."""
@@ -52,7 +47,7 @@ def images_per_second(loader, batches: int) -> tuple[float, int]:
         for batch in it:
             n += len(batch)
             seen += 1
-            peak = max(peak, tree_rss())
+            peak = max(peak, process_tree_rss())
             if seen >= batches:
                 break
         it = iter(loader)

@@ -27,6 +27,7 @@ from models.model import build_model
 from utils.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from utils.config import ConfigError, load_hyp, save_yaml
 from utils.dist import DistInfo, all_reduce_max, barrier, cleanup, dist_info_from_env, init_distributed, select_device, unwrap
+from utils.memory import process_tree_rss
 from utils.paths import new_run_dir, resolve_repo_path
 from utils.structures import Batch
 
@@ -351,20 +352,6 @@ def multi_scale(images: torch.Tensor, batch: Batch, img_size: int, stride: int) 
         masks = masks.new_zeros((0, new_hw[0] // 4, new_hw[1] // 4))
     return images, Batch(batch.images, batch.batch_idx, batch.classes, boxes, masks, batch.image_ids,
                          batch.paths, batch.orig_shapes, batch.ratio_pads)
-
-
-def process_tree_rss() -> int:
-    """Resident memory of this process and its dataloader workers, in bytes."""
-    import psutil
-
-    me = psutil.Process()
-    total = me.memory_info().rss
-    for child in me.children(recursive=True):
-        try:
-            total += child.memory_info().rss
-        except psutil.Error:  # a worker that just exited
-            pass
-    return total
 
 
 def _newest_last(project: str) -> Path:
