@@ -193,15 +193,15 @@ def map_head(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], str
              source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Head tensors by role (m.i, ia.i, proto.*, cv*/box/cls ...), keyed without the layer prefix.
     Official anchors are stored in grid units (no `strides` buffer): scaled to pixels here."""
+    official = "strides" not in theirs  # our own files carry the strides buffer
     out, notes = {}, []
     for key, ref in ours.items():
         if key == "strides":
             continue
         if key == "anchors" and "anchors" in theirs:
             a = theirs["anchors"].float()
-            out[key] = a if "strides" in theirs else a * strides.view(-1, 1, 1).to(a)
-        elif key in theirs and tuple(theirs[key].shape) == tuple(ref.shape) and \
-                not (key.startswith("im.") and "strides" not in theirs):
+            out[key] = a * strides.view(-1, 1, 1).to(a) if official else a
+        elif key in theirs and tuple(theirs[key].shape) == tuple(ref.shape) and not (official and key.startswith("im.")):
             out[key] = theirs[key]
         elif key.startswith("im."):
             out[key] = torch.ones_like(ref)
