@@ -124,6 +124,9 @@ class Trainer:
         self.start_epoch, self.best_fitness = 0, -1.0
         if self.resume_ckpt:
             self._restore(self.resume_ckpt)
+        # the loader's keys carry their epoch: where to start, and when mosaic closes
+        self.train_loader.batch_sampler.start_epoch = self.start_epoch
+        self.train_set.mosaic_epochs = max(opt.epochs - self.hyp["close_mosaic"], 0)
         if self.dist.enabled:
             if opt.sync_bn and self.device.type == "cuda":
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -182,10 +185,6 @@ class Trainer:
         t0 = time.time()
         stale = 0
         for epoch in range(self.start_epoch, opt.epochs):
-            if epoch >= opt.epochs - self.hyp["close_mosaic"] and hasattr(self.train_set, "set_mosaic"):
-                self.train_set.set_mosaic(False)
-            if hasattr(self.train_loader.sampler, "set_epoch"):
-                self.train_loader.sampler.set_epoch(epoch)
             losses = self.train_one_epoch(epoch)
             self.scheduler.step()
             if self.dist.is_main:

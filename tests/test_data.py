@@ -2,22 +2,25 @@
 label index cache, bad input counted and skipped, crowd kept out of training targets."""
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
 
-from data.augment import copy_paste, flip, letterbox, mixup, mosaic4, random_perspective
+from data.augment import Tile, copy_paste, flip, letterbox, mixup, mosaic4, random_perspective, warp_image
 from data.config import load_data_config
 from data.datasets import load_index
-from data.loader import build_dataloader
+from data.loader import EpochBatchSampler, build_dataloader, collate, to_tensors
 from utils.config import ConfigError, load_hyp
 from utils.masks import polygons_to_mask
+from utils.structures import Sample
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "cfg/data/coco-mini.yaml"
@@ -214,3 +217,95 @@ def test_albumentations_is_photometric_only():
     img = (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
     out = pipe(image=img)["image"]
     assert out.shape == img.shape and out.dtype == np.uint8 and not np.array_equal(out, img)
+
+
+def _uniform_sample(value: int, hw=(240, 320), image_id=0) -> Sample:
+    """A one-colour image whose single instance is the whole image."""
+    h, w = hw
+    poly = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    return Sample(np.full((h, w, 3), value, np.uint8), np.array([[0, 0, w, h]], np.float32), np.array([1]), [poly],
+                  image_id, "x.jpg", hw)
+
+
+@pytest.mark.parametrize("M", [
+    np.array([[0.37, 0, 21.3], [0, 0.37, -7.6], [0, 0, 1]]),     # scale + shift: the resize path
+    np.array([[1.6, 0, -90.2], [0, 1.6, 13.9], [0, 0, 1]]),
+    np.array([[0.8, 0.05, 10.0], [-0.05, 0.8, 30.0], [0, 0, 1]]),  # rotation: the general warp
+])
+def test_warp_moves_image_exactly_as_labels(M):
+    img = np.zeros((200, 300, 3), np.uint8)
+    img[50:120, 80:200] = 255  # pixel-edge rectangle [80,200] x [50,120]
+    out, applied = warp_image(img, M, (256, 256))
+    corners = np.array([[80, 50, 1], [200, 50, 1], [80, 120, 1], [200, 120, 1]], float) @ applied.T
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    got = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    want = [*corners[:, :2].min(0), *corners[:, :2].max(0)]
+    assert np.abs(np.array(got) - np.array(want)).max() <= 1.0, (got, want)
+    assert np.abs(applied - M).max() < 0.02 * max(abs(M[0, 2]), 1) + 0.01  # at most a pixel's rounding
+
+
+def test_mosaic_labels_lie_on_image_pixels():
+    """Zoomed-out mosaics show grey beyond the canvas; labels of images cropped at the canvas edge
+    must stop there too (every mask pixel is on its image's colour, never on the grey)."""
+    hyp = {**load_hyp(), "scale": 0.9, "degrees": 0.0, "shear": 0.0, "perspective": 0.0}
+    random.seed(3)
+    checked = 0
+    for _ in range(40):
+        s = mosaic4([_uniform_sample(v) for v in (40, 90, 160, 220)], 320, hyp)
+        for seg in s.segments:
+            m = polygons_to_mask([seg], s.image.shape[:2])
+            inner = cv2.erode(m.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)  # skip edge blending
+            if inner.sum() > 50:
+                assert (s.image[inner][:, 0] != 114).mean() > 0.99
+                checked += 1
+    assert checked > 40
+
+
+def test_mosaic_reads_only_the_tiles_it_shows():
+    samples = [_uniform_sample(v, image_id=v) for v in (40, 90, 160, 220)]
+    hyp = {**load_hyp(), "scale": 0.9}
+    reads = []
+    for seed in range(30):
+        random.seed(seed)
+        full = mosaic4(samples, 320, hyp)
+        random.seed(seed)
+        tiles = [Tile((240, 320), lambda s=s: reads.append(s.image_id) or s) for s in samples]
+        lazy = mosaic4(tiles, 320, hyp)
+        assert (lazy.image == full.image).all() and np.allclose(lazy.boxes, full.boxes)
+    assert len(reads) < 4 * 30 and reads.count(40) == 30  # some tiles skipped; the first always read
+
+
+def test_epoch_batch_sampler_splits_ranks_and_reshuffles():
+    per_rank = [EpochBatchSampler(10, 2, shuffle=True, seed=5, rank=r, world_size=3) for r in range(3)]
+    assert [len(s) for s in per_rank] == [2, 2, 2]  # ceil(10 / 3) = 4 positions, 2 batches
+    keys = [list(itertools.islice(iter(s), 4)) for s in per_rank]  # two epochs each
+    for epoch in (0, 1):
+        seen = [k for rank in keys for b in rank[2 * epoch:2 * epoch + 2] for k, e in b if e == epoch]
+        assert len(seen) == 12 and set(seen) == set(range(10))  # padded by repeats, all covered
+    assert per_rank[0].epoch_order(0).tolist() != per_rank[0].epoch_order(1).tolist()
+    resumed = EpochBatchSampler(10, 2, shuffle=True, seed=5, rank=0, world_size=3)
+    resumed.start_epoch = 1
+    assert next(iter(resumed)) == keys[0][2]
+
+
+def test_close_mosaic_reaches_persistent_workers(train_set, monkeypatch):
+    """Mosaic closes at an epoch boundary even though the 2 workers were forked before it."""
+    loader, ds = build_dataloader(load_data_config(MINI), "train", 256, 4,
+                                  {**load_hyp(), "mosaic": 1.0, "mixup": 0.0}, augment=True, shuffle=True, workers=2)
+    marker = _uniform_sample(7, (256, 256), image_id=-1)
+    monkeypatch.setattr(ds, "_mosaic", lambda i: marker)
+    ds.mosaic_epochs = 1
+    first = [i for b in loader for i in b.image_ids]
+    second = [i for b in loader for i in b.image_ids]
+    assert len(first) == len(second) == len(ds)
+    assert set(first) == {-1} and -1 not in second
+
+
+def test_collate_gives_rgb_chw():
+    blue = Sample(np.zeros((64, 96, 3), np.uint8), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), [], 1, "a", (64, 96))
+    blue.image[..., 0] = 255  # BGR blue
+    small = Sample(blue.image[:32].copy(), blue.boxes, blue.classes, [], 2, "b", (32, 96))
+    b = collate([to_tensors(blue), to_tensors(small)])
+    assert tuple(b.images.shape) == (2, 3, 64, 96)
+    assert (b.images[:, 2, :32] == 255).all() and (b.images[:, :2, :32] == 0).all()
+    assert (b.images[1, :, 32:] == 114).all()  # padding of the shorter image
