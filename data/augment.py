@@ -39,7 +39,7 @@ def apply_ratio_pad(sample: Sample, image: np.ndarray, rp: RatioPad) -> Sample:
     (sx, sy), (px, py) = rp
     (ox, oy), (opx, opy) = sample.ratio_pad
     boxes = sample.boxes * np.array([sx, sy, sx, sy], np.float32) + np.array([px, py, px, py], np.float32)
-    segs = [s * np.array([sx, sy], np.float32) + np.array([px, py], np.float32) for s in sample.segments]
+    segs = map_points(sample.segments, lambda p: p * np.array([sx, sy], np.float32) + np.array([px, py], np.float32))
     return Sample(image, boxes, sample.classes, segs, sample.image_id, sample.path, sample.orig_shape,
                   ((ox * sx, oy * sy), (opx * sx + px, opy * sy + py)))
 
@@ -59,6 +59,40 @@ def _clip_half_plane(p: np.ndarray, axis: int, bound: float, keep_below: bool) -
     return pts[valid].astype(np.float32)
 
 
+def map_points(segs: list[np.ndarray], fn: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
+    """fn applied to every polygon's points in one numpy call (a mosaic holds ~30 polygons, and
+    per-polygon calls cost more than the arithmetic)."""
+    if not segs:
+        return []
+    return np.split(fn(np.concatenate(segs)), np.cumsum([len(s) for s in segs[:-1]]))
+
+
+def polygon_bounds(segs: list[np.ndarray]) -> np.ndarray:
+    """(N,4) x1y1x2y2 of each polygon; NaN for an empty one."""
+    out = np.full((len(segs), 4), np.nan, np.float32)
+    lens = np.array([len(s) for s in segs], np.int64)
+    if lens.sum():
+        full = lens > 0
+        pts = np.concatenate(segs)
+        starts = (np.cumsum(lens) - lens)[full]
+        out[full] = np.concatenate([np.minimum.reduceat(pts, starts), np.maximum.reduceat(pts, starts)], 1)
+    return out
+
+
+def clip_polygons(segs: list[np.ndarray], rect: tuple[float, float, float, float]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each polygon's intersection with rect (x1, y1, x2, y2), and their (N,4) bounds; only the
+    polygons that cross the rect's sides are clipped."""
+    bounds = polygon_bounds(segs)
+    x1, y1, x2, y2 = rect
+    inside = (bounds[:, 0] >= x1) & (bounds[:, 1] >= y1) & (bounds[:, 2] <= x2) & (bounds[:, 3] <= y2)
+    out = list(segs)
+    for j in np.flatnonzero(~inside):
+        c = clip_polygon(segs[j] - np.array([x1, y1], np.float32), x2 - x1, y2 - y1)
+        out[j] = c + np.array([x1, y1], np.float32)
+        bounds[j] = [*c.min(0), *c.max(0)] + np.array([x1, y1, x1, y1]) if len(c) else np.nan
+    return out, bounds
+
+
 def clip_polygon(s: np.ndarray, w: int, h: int) -> np.ndarray:
     """The polygon's intersection with the image rectangle [0,w]x[0,h] (possibly empty)."""
     if len(s) and s.min() >= 0 and s[:, 0].max() <= w and s[:, 1].max() <= h:
@@ -72,14 +106,9 @@ def clip_polygon(s: np.ndarray, w: int, h: int) -> np.ndarray:
 def boxes_from_segments(segs: list[np.ndarray], w: int, h: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Polygons clipped to the image, their (N,4) bounds (exactly what their masks cover), and
     which instances are still visible."""
-    clipped = [clip_polygon(s, w, h) for s in segs]
-    boxes = np.zeros((len(segs), 4), np.float32)
-    keep = np.zeros(len(segs), bool)
-    for i, c in enumerate(clipped):
-        if len(c) >= 3:
-            boxes[i] = [c[:, 0].min(), c[:, 1].min(), c[:, 0].max(), c[:, 1].max()]
-            keep[i] = True
-    return clipped, boxes, keep
+    clipped, boxes = clip_polygons(segs, (0, 0, w, h))
+    keep = np.array([len(c) >= 3 for c in clipped], bool)
+    return clipped, np.where(keep[:, None], boxes, 0).astype(np.float32), keep
 
 
 def random_affine(in_hw: tuple[int, int], out_hw: tuple[int, int], degrees=0.0, translate=0.1, scale=0.5,
@@ -144,10 +173,12 @@ def warp(sample: Sample, M: np.ndarray, out_hw: tuple[int, int]) -> Sample:
     """Image and polygons through the same map, then clipped; boxes recomputed from the polygons."""
     img, M = warp_image(sample.image, M, out_hw)
     projective = bool(M[2, 0] or M[2, 1])
-    segs = []  # affine and projective maps keep edges straight, so exact clipping afterwards suffices
-    for s in sample.segments:
-        xy = np.concatenate([s, np.ones((len(s), 1), np.float32)], 1) @ M.T
-        segs.append((xy[:, :2] / xy[:, 2:3] if projective else xy[:, :2]).astype(np.float32))
+
+    def move(p: np.ndarray) -> np.ndarray:  # straight edges stay straight, so exact clipping afterwards suffices
+        xy = p @ M[:2, :2].T.astype(np.float32) + M[:2, 2].astype(np.float32)
+        return xy / (p @ M[2, :2].astype(np.float32) + np.float32(M[2, 2]))[:, None] if projective else xy
+
+    segs = map_points(sample.segments, move)
     return filter_instances(Sample(img, sample.boxes, sample.classes, segs, sample.image_id, sample.path,
                                    sample.orig_shape, sample.ratio_pad), old_area_scale=abs(np.linalg.det(M[:2, :2])))
 
@@ -215,16 +246,20 @@ def mosaic4(tiles: list[Tile | Sample], size: int, hyp: dict) -> Sample:
         if cx2 <= cx1 or cy2 <= cy1:
             continue
         canvas[cy1 - vy0:cy2 - vy0, cx1 - vx0:cx2 - vx0] = smp.image[cy1 - dy:cy2 - dy, cx1 - dx:cx2 - dx]
-        # polygons are clipped to the pixels this tile shows: parts cropped at the canvas edge
-        # would otherwise come back as labels on grey when the perspective zooms out
-        to_rect, to_canvas = np.array([dx - cx1, dy - cy1], np.float32), np.array([cx1 - vx0, cy1 - vy0], np.float32)
-        for b, c, sg in zip(smp.boxes, smp.classes, smp.segments):
-            clipped = clip_polygon(sg + to_rect, cx2 - cx1, cy2 - cy1)
-            if len(clipped) >= 3:
-                boxes.append(b + np.tile(to_rect + to_canvas, 2))  # unclipped: the area-kept test needs it
-                classes.append(c)
-                segs.append(clipped + to_canvas)
-    merged = Sample(canvas, np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int64), segs, first.image_id,
+        off = np.array([dx - vx0, dy - vy0], np.float32)
+        # what lies outside the visible part is dropped here; what crosses the tile's edges (where
+        # the canvas cropped the image) is clipped, or its labels would cover grey when zoomed out.
+        # What crosses only the visible part's edges is clipped once, after the warp.
+        moved = map_points(smp.segments, lambda p: p + off)
+        pb = polygon_bounds(moved)
+        seen = (pb[:, 0] < cx2 - vx0) & (pb[:, 2] > cx1 - vx0) & (pb[:, 1] < cy2 - vy0) & (pb[:, 3] > cy1 - vy0)
+        moved = [m for m, v in zip(moved, seen) if v]
+        clipped, _ = clip_polygons(moved, (x1 - vx0, y1 - vy0, x2 - vx0, y2 - vy0))
+        kept = np.flatnonzero(seen)[[len(c) >= 3 for c in clipped]] if clipped else np.zeros(0, np.int64)
+        boxes.append(smp.boxes[kept] + np.tile(off, 2))  # unclipped: filter_instances' area test needs them
+        classes.append(smp.classes[kept])
+        segs += [c for c in clipped if len(c) >= 3]
+    merged = Sample(canvas, np.concatenate(boxes).reshape(-1, 4), np.concatenate(classes), segs, first.image_id,
                     first.path, first.orig_shape)
     shift = np.array([[1, 0, vx0], [0, 1, vy0], [0, 0, 1]], np.float64)
     return warp(merged, M @ shift, (s, s))
@@ -298,15 +333,12 @@ def flip(sample: Sample, horizontal: bool) -> Sample:
     h, w = sample.image.shape[:2]
     img = cv2.flip(sample.image, 1 if horizontal else 0)  # ~40x faster than copying a numpy view
     b = sample.boxes.copy()
-    segs = [s.copy() for s in sample.segments]
     if horizontal:
         b[:, [0, 2]] = w - sample.boxes[:, [2, 0]]
-        for s in segs:
-            s[:, 0] = w - s[:, 0]
+        segs = map_points(sample.segments, lambda p: p * np.float32([-1, 1]) + np.float32([w, 0]))
     else:
         b[:, [1, 3]] = h - sample.boxes[:, [3, 1]]
-        for s in segs:
-            s[:, 1] = h - s[:, 1]
+        segs = map_points(sample.segments, lambda p: p * np.float32([1, -1]) + np.float32([0, h]))
     return Sample(img, b, sample.classes, segs, sample.image_id, sample.path, sample.orig_shape, sample.ratio_pad)
 
 

@@ -105,7 +105,8 @@ class DetectionDataset(Dataset):
         boxes, classes, segs = self.index.instances(i)
         if self.single_cls:
             classes = np.zeros_like(classes)
-        s = Sample(img, boxes.copy(), classes.copy(), [sg.copy() for sg in segs], int(self.index.image_ids[i]),
+        # the index's arrays are shared by every sample: apply_ratio_pad makes the copies
+        s = Sample(img, boxes, classes, segs, int(self.index.image_ids[i]),
                    str(self.index.files[i]), (h0, w0))
         sx, sy = img.shape[1] / w0, img.shape[0] / h0
         return apply_ratio_pad(s, img, ((sx, sy), (0.0, 0.0)))
