@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Data-loading throughput: training images/s with mosaic at 640 for 0, 1 and 2 workers, and
-validation images/s (letterbox, rectangular batches), plus the peak RSS of the whole process tree.
+validation images/s (letterbox, rectangular batches), plus the peak memory of the whole process
+tree: RSS summed over the processes (shared pages counted once per process) and PSS (counted once).
 
     python benchmarks/dataloader.py                      # coco128 from ../shared/data if present
     python benchmarks/dataloader.py --data cfg/data/coco-mini.yaml --batches 8
@@ -37,21 +38,27 @@ def default_data() -> str:
     return str(out)
 
 
-def images_per_second(loader, batches: int) -> tuple[float, int]:
+def images_per_second(loader, batches: int) -> tuple[float, int, int]:
     """Steady-state rate over `batches` batches, crossing epochs when the split is small (the
-    workers persist); worker start-up and the first batch are not counted."""
+    workers persist), with the peak RSS; worker start-up and the first batch are not counted.
+    PSS is read over 4 batches after the timed ones: reading a process's smaps stalls its page
+    faults, which slowed the 2-worker loader by ~20% when done every batch."""
     it = iter(loader)
     next(it)
-    n, seen, peak, t0 = 0, 0, 0, time.perf_counter()
+    n, seen, rss, t0 = 0, 0, 0, time.perf_counter()
     while seen < batches:
         for batch in it:
             n += len(batch)
             seen += 1
-            peak = max(peak, process_tree_rss())
+            rss = max(rss, process_tree_rss())
             if seen >= batches:
                 break
         it = iter(loader)
-    return n / (time.perf_counter() - t0), peak
+    rate = n / (time.perf_counter() - t0)
+    pss = 0
+    for _, _ in zip(range(4), it):
+        pss = max(pss, process_tree_rss(proportional=True))
+    return rate, rss, pss
 
 
 def main() -> None:
@@ -65,17 +72,17 @@ def main() -> None:
     cfg = load_data_config(args.data or default_data())
     hyp = load_hyp()
     print(f"data={cfg.source} img={args.img_size} batch={args.batch_size} (mosaic, segment labels)")
-    print(f"{'loader':<22}{'workers':>8}{'img/s':>10}{'peak RSS GiB':>14}")
+    print(f"{'loader':<22}{'workers':>8}{'img/s':>10}{'peak RSS GiB':>14}{'peak PSS GiB':>14}")
     for w in args.workers:
         loader, _ = build_dataloader(cfg, "train", args.img_size, args.batch_size, hyp, augment=True, shuffle=True,
                                      workers=w)
-        ips, peak = images_per_second(loader, args.batches)
-        print(f"{'train (mosaic)':<22}{w:>8}{ips:>10.1f}{peak / 2**30:>14.2f}")
+        ips, rss, pss = images_per_second(loader, args.batches)
+        print(f"{'train (mosaic)':<22}{w:>8}{ips:>10.1f}{rss / 2**30:>14.2f}{pss / 2**30:>14.2f}")
         del loader
     for w in args.workers:
         loader, _ = build_dataloader(cfg, "val", args.img_size, args.batch_size, rect=True, workers=w)
-        ips, peak = images_per_second(loader, args.batches)
-        print(f"{'val (rect)':<22}{w:>8}{ips:>10.1f}{peak / 2**30:>14.2f}")
+        ips, rss, pss = images_per_second(loader, args.batches)
+        print(f"{'val (rect)':<22}{w:>8}{ips:>10.1f}{rss / 2**30:>14.2f}{pss / 2**30:>14.2f}")
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ class DetectionDataset(Dataset):
             sample = random_perspective(apply_ratio_pad(s, img, rp), (self.img_size, self.img_size), hyp["degrees"],
                                         hyp["translate"], hyp["scale"], hyp["shear"], hyp["perspective"])
         sample = copy_paste(sample, hyp.get("copy_paste", 0)) if random.random() < 0.5 else sample
-        img = sample.image if self.photometric is None else self.photometric(image=sample.image)["image"]
+        img = sample.image if self.photometric is None else self.photometric(sample.image)
         img = augment_hsv(img, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
         sample = Sample(img, sample.boxes, sample.classes, sample.segments, sample.image_id, sample.path,
                         sample.orig_shape, sample.ratio_pad)

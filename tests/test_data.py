@@ -215,7 +215,7 @@ def test_albumentations_is_photometric_only():
     assert build_photometric(0.0) is None
     pipe = build_photometric(100.0)  # every op fires
     img = (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
-    out = pipe(image=img)["image"]
+    out = pipe(img)
     assert out.shape == img.shape and out.dtype == np.uint8 and not np.array_equal(out, img)
 
 
@@ -309,3 +309,29 @@ def test_collate_gives_rgb_chw():
     assert tuple(b.images.shape) == (2, 3, 64, 96)
     assert (b.images[:, 2, :32] == 255).all() and (b.images[:, :2, :32] == 0).all()
     assert (b.images[1, :, 32:] == 114).all()  # padding of the shorter image
+
+
+def test_hsv_value_gain_scales_grey_and_keeps_it_grey():
+    from data.augment import augment_hsv
+
+    grey = np.repeat(np.arange(0, 256, 2, dtype=np.uint8)[None, :, None], 3, 2)  # S = 0: hue/sat do nothing
+    np.random.seed(4)
+    gain = (np.random.uniform(-1, 1, 3) * [0.015, 0.7, 0.4] + 1)[2]
+    np.random.seed(4)
+    out = augment_hsv(grey, 0.015, 0.7, 0.4).astype(int)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert np.abs(out[0, :, 0] - np.clip(np.arange(0, 256, 2) * gain, 0, 255).astype(int)).max() <= 1
+    assert augment_hsv(grey, 0, 0, 0) is grey
+
+
+def test_mosaic_of_tiny_images_that_the_output_may_miss():
+    """Tiles a few pixels wide often lie outside what the perspective keeps: an empty mosaic then,
+    not an error."""
+    random.seed(0)
+    hyp = {**load_hyp(), "scale": 0.5, "translate": 0.3}
+    sizes = set()
+    for _ in range(50):
+        s = mosaic4([_uniform_sample(v, (6, 8)) for v in (40, 90, 160, 220)], 320, hyp)
+        assert s.image.shape == (320, 320, 3) and len(s.boxes) == len(s.classes) == len(s.segments)
+        sizes.add(len(s))
+    assert 0 in sizes

@@ -4,13 +4,16 @@ from __future__ import annotations
 import psutil
 
 
-def process_tree_rss() -> int:
-    """Resident memory of this process and its children (dataloader workers), in bytes."""
+def process_tree_rss(proportional: bool = False) -> int:
+    """Resident memory of this process and its children (dataloader workers), in bytes. The plain
+    sum counts every page the processes share (forked libraries, the label index, batches in
+    shared memory) once per process; proportional=True counts shared pages once in all (PSS,
+    Linux only)."""
     me = psutil.Process()
-    total = me.memory_info().rss
-    for child in me.children(recursive=True):
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
         try:
-            total += child.memory_info().rss
+            total += proc.memory_full_info().pss if proportional else proc.memory_info().rss
         except psutil.Error:  # a worker that just exited
             pass
     return total
