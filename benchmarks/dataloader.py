@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--data", default=None)
     p.add_argument("--img-size", type=int, default=640)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--batches", type=int, default=40, help="batches timed per setting (after the first)")
+    p.add_argument("--batches", type=int, default=80, help="batches timed per setting (after the first)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args()
     cfg = load_data_config(args.data or default_data())
