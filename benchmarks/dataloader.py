@@ -9,6 +9,7 @@ tree: RSS summed over the processes (shared pages counted once per process) and 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -28,13 +29,17 @@ COCO128 = ROOT.parent / "shared/data/dev/coco128_instances"
 
 
 def default_data() -> str:
+    """coco128 with its annotations copied to a temporary folder, so that the label index and a
+    disk cache are written there and not into the shared data."""
     if not COCO128.is_dir():
         return str(ROOT / "cfg/data/coco-mini.yaml")
-    cfg = {"format": "coco", "path": str(COCO128),
-           "train": {"images": "images/train2017", "annotations": "annotations/instances_train2017.json"},
-           "val": {"images": "images/train2017", "annotations": "annotations/instances_train2017.json"}}
-    out = Path(tempfile.mkdtemp()) / "coco128.yaml"
-    out.write_text(yaml.safe_dump(cfg))
+    tmp = Path(tempfile.mkdtemp())
+    ann = tmp / "annotations/instances_train2017.json"
+    ann.parent.mkdir()
+    shutil.copy(COCO128 / "annotations/instances_train2017.json", ann)
+    split = {"images": str(COCO128 / "images/train2017"), "annotations": str(ann)}
+    out = tmp / "coco128.yaml"
+    out.write_text(yaml.safe_dump({"format": "coco", "path": str(tmp), "train": split, "val": split}))
     return str(out)
 
 
@@ -68,19 +73,22 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--batches", type=int, default=80, help="batches timed per setting (after the first)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--cache", choices=["ram", "disk"], default=None, help="decoded, resized images cached (filled first)")
     args = p.parse_args()
     cfg = load_data_config(args.data or default_data())
     hyp = load_hyp()
-    print(f"data={cfg.source} img={args.img_size} batch={args.batch_size} (mosaic, segment labels)")
+    print(f"data={cfg.source} img={args.img_size} batch={args.batch_size} cache={args.cache} "
+          "(mosaic, segment labels)")
     print(f"{'loader':<22}{'workers':>8}{'img/s':>10}{'peak RSS GiB':>14}{'peak PSS GiB':>14}")
     for w in args.workers:
         loader, _ = build_dataloader(cfg, "train", args.img_size, args.batch_size, hyp, augment=True, shuffle=True,
-                                     workers=w)
+                                     workers=w, cache=args.cache)
         ips, rss, pss = images_per_second(loader, args.batches)
         print(f"{'train (mosaic)':<22}{w:>8}{ips:>10.1f}{rss / 2**30:>14.2f}{pss / 2**30:>14.2f}")
         del loader
     for w in args.workers:
-        loader, _ = build_dataloader(cfg, "val", args.img_size, args.batch_size, rect=True, workers=w)
+        loader, _ = build_dataloader(cfg, "val", args.img_size, args.batch_size, rect=True, workers=w,
+                                     cache=args.cache)
         ips, rss, pss = images_per_second(loader, args.batches)
         print(f"{'val (rect)':<22}{w:>8}{ips:>10.1f}{rss / 2**30:>14.2f}{pss / 2**30:>14.2f}")
 

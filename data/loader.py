@@ -17,6 +17,7 @@ from data.augment import (apply_ratio_pad, augment_hsv, build_photometric, copy_
                           mosaic4, random_perspective, rasterize, Tile)
 from data.config import DataConfig
 from data.datasets import load_index, write_coco_json
+from data.images import ImageReader, resized_shape
 from data.label_index import LabelIndex
 from utils.config import ConfigError
 from utils.structures import Batch, Sample
@@ -41,10 +42,7 @@ class DetectionDataset(Dataset):
         self.batch_shapes = None
         if rect:
             self._rect_batches(batch_size)
-        self.cache, self.cache_dir = cache, cache_dir
-        self.ram: dict[int, np.ndarray] = {}
-        if cache:
-            self._fill_cache()
+        self.images = ImageReader(index.files, index.shapes, img_size, augment, cache, cache_dir)
 
     @property
     def summary(self) -> str:
@@ -67,40 +65,9 @@ class DetectionDataset(Dataset):
             self.batch_shapes[b * batch_size:(b + 1) * batch_size] = \
                 np.ceil(np.array(shape) * self.img_size / self.stride).astype(int) * self.stride
 
-    # ---- images ---------------------------------------------------------------------------
-    def _fill_cache(self) -> None:
-        need = sum(_resized_bytes(h, w, self.img_size) for h, w in self.index.shapes)
-        if self.cache == "ram":
-            free = psutil.virtual_memory().available
-            if need > 0.7 * free:
-                raise ConfigError(f"--cache ram: needs {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is "
-                                  f"available; use --cache disk or no cache")
-            for i in range(len(self)):
-                self.ram[i] = self._read(i)
-        LOG.info("cache %s: %.2f GiB of resized images", self.cache, need / 2**30)
-
-    def _read(self, i: int) -> np.ndarray:
-        path = self.index.files[i]
-        if self.cache == "disk" and self.cache_dir is not None:
-            npy = self.cache_dir / f"{Path(path).stem}_{self.img_size}.npy"
-            if npy.is_file():
-                return np.load(npy)
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise OSError(f"{path}: cannot decode image")
-        h0, w0 = img.shape[:2]
-        r = self.img_size / max(h0, w0)
-        if r != 1:
-            img = cv2.resize(img, (round(w0 * r), round(h0 * r)),
-                             interpolation=cv2.INTER_LINEAR if r > 1 or self.augment else cv2.INTER_AREA)
-        if self.cache == "disk" and self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            np.save(npy, img)
-        return img
-
     def load_sample(self, i: int) -> Sample:
         """Image i resized to img_size on its long side, labels scaled to match."""
-        img = self.ram[i] if i in self.ram else self._read(i)
+        img = self.images[i]
         h0, w0 = (int(v) for v in self.index.shapes[i])
         boxes, classes, segs = self.index.instances(i)
         if self.single_cls:
@@ -156,13 +123,7 @@ class DetectionDataset(Dataset):
     def _resized_shape(self, i: int) -> tuple[int, int]:
         """(h, w) that load_sample(i) will return, from the index alone."""
         h0, w0 = (int(v) for v in self.index.shapes[i])
-        r = self.img_size / max(h0, w0, 1)
-        return (round(h0 * r), round(w0 * r)) if r != 1 else (h0, w0)
-
-
-def _resized_bytes(h: int, w: int, size: int) -> int:
-    r = size / max(h, w)
-    return int(round(h * r) * round(w * r) * 3)
+        return resized_shape(h0, w0, self.img_size)
 
 
 def to_tensors(s: Sample) -> dict:

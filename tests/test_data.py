@@ -17,6 +17,7 @@ import yaml
 from data.augment import Tile, copy_paste, flip, letterbox, mixup, mosaic4, random_perspective, warp_image
 from data.config import load_data_config
 from data.datasets import load_index
+from data.images import ImageReader
 from data.loader import EpochBatchSampler, build_dataloader, collate, to_tensors
 from utils.config import ConfigError, load_hyp
 from utils.masks import polygons_to_mask
@@ -335,3 +336,75 @@ def test_mosaic_of_tiny_images_that_the_output_may_miss():
         assert s.image.shape == (320, 320, 3) and len(s.boxes) == len(s.classes) == len(s.segments)
         sizes.add(len(s))
     assert 0 in sizes
+
+
+def _mini_images(n: int) -> tuple[list[str], np.ndarray]:
+    index = load_index(load_data_config(MINI), "train")
+    return list(index.files[:n]), index.shapes[:n]
+
+
+def _no_decoding(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("decoded an image that should have come from the cache")
+    monkeypatch.setattr(cv2, "imread", fail)
+
+
+def test_ram_cache_serves_the_same_images_without_decoding(monkeypatch):
+    files, shapes = _mini_images(4)
+    for augment in (True, False):  # train and val resize differently
+        plain = ImageReader(files, shapes, 200, augment)
+        expected = [plain[i] for i in range(4)]
+        cached = ImageReader(files, shapes, 200, augment, cache="ram")
+        with monkeypatch.context() as m:
+            _no_decoding(m)
+            for i in range(4):
+                assert np.array_equal(cached[i], expected[i])
+                assert max(cached[i].shape[:2]) == 200
+
+
+def test_ram_cache_that_would_not_fit_is_refused(monkeypatch):
+    files, shapes = _mini_images(4)
+    monkeypatch.setattr("data.images.psutil.virtual_memory", lambda: type("M", (), {"available": 2**20})())
+    with pytest.raises(ConfigError, match=r"--cache ram: needs .* GiB but only .* available; use --cache disk"):
+        ImageReader(files, shapes, 640, True, cache="ram")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: every local rank holds a copy
+    monkeypatch.setattr("data.images.psutil.virtual_memory", lambda: type("M", (), {"available": 4 * 2**20})())
+    with pytest.raises(ConfigError, match="x 4 local ranks"):
+        ImageReader(files, shapes, 640, True, cache="ram")
+
+
+def test_disk_cache_is_filled_reused_refreshed_and_repaired(tmp_path, monkeypatch):
+    src, shapes = _mini_images(3)
+    files = []
+    for f in src:
+        files.append(tmp_path / Path(f).name)
+        shutil.copy(f, files[-1])
+    expected = [ImageReader(files, shapes, 160, False)[i] for i in range(3)]
+    cache = tmp_path / "cache"
+    ImageReader(files, shapes, 160, False, cache="disk", cache_dir=cache)  # filled up front
+    assert len(list(cache.glob("*.npy"))) == 3 and not list(cache.glob("*.tmp"))
+    reader = ImageReader(files, shapes, 160, False, cache="disk", cache_dir=cache)
+    with monkeypatch.context() as m:
+        _no_decoding(m)
+        for i in range(3):
+            assert np.array_equal(reader[i], expected[i])
+    # a half-written or damaged file is decoded again and rewritten, not a crash
+    damaged = reader.npy_path(1)
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    assert np.array_equal(reader[1], expected[1])
+    assert np.array_equal(np.load(damaged), expected[1])
+    # an edited image is not served stale: its cache file is keyed by size and mtime
+    old = reader.npy_path(0)
+    cv2.imwrite(str(files[0]), cv2.flip(cv2.imread(str(files[0])), 1), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert reader.npy_path(0) != old
+    assert np.array_equal(reader[0], ImageReader(files, shapes, 160, False)[0])
+    # other sizes and the training resize get files of their own
+    assert ImageReader(files, shapes, 128, True, cache="disk", cache_dir=cache).npy_path(2) != reader.npy_path(2)
+
+
+def test_disk_cache_without_room_is_refused(tmp_path, monkeypatch):
+    files, shapes = _mini_images(4)
+    monkeypatch.setattr("data.images.shutil.disk_usage", lambda p: type("U", (), {"free": 2**20})())
+    with pytest.raises(ConfigError, match=r"--cache disk: needs .* GiB more in .* but only .* GiB is free"):
+        ImageReader(files, shapes, 640, True, cache="disk", cache_dir=tmp_path / "c")
+    assert not list((tmp_path / "c").glob("*.npy"))

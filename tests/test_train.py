@@ -70,7 +70,7 @@ def test_small_model_overfits_a_few_real_images(tmp_path):
     (tmp_path / "data.yaml").write_text(yaml.safe_dump(data))
     (tmp_path / "hyp.yaml").write_text(yaml.safe_dump(OVERFIT_HYP))
     r = _train(["--data", str(tmp_path / "data.yaml"), "--hyp", str(tmp_path / "hyp.yaml"), "--epochs", "250",
-                "--img-size", "256", "--batch-size", "6", "--workers", "0", "--optimizer", "AdamW", "--seed", "0",
+                "--img-size", "256", "--batch-size", "6", "--workers", "0", "--optimizer", "AdamW", "--seed", "0", "--cache",
                 "--noval", "--project", str(tmp_path / "runs")], cwd=tmp_path, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "runs/exp/results.csv").open()))
@@ -109,7 +109,7 @@ def test_train_cli_runs_validates_and_saves(tmp_path):
 def test_resume_after_sigkill_mid_epoch_finishes(tmp_path):
     data = _overfit_data(tmp_path, 8)
     args = ["--data", str(data), "--epochs", "12", "--img-size", "160", "--batch-size", "2", "--workers", "0",
-            "--project", str(tmp_path / "runs"), "--noval"]
+            "--project", str(tmp_path / "runs"), "--noval", "--cache", "disk"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "runs/exp/weights/last.pt"
@@ -123,6 +123,7 @@ def test_resume_after_sigkill_mid_epoch_finishes(tmp_path):
     assert load_checkpoint(last)["epoch"] >= 0
     r = _train(["--resume", str(last)], cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list((tmp_path / ".cache-train").glob("*.npy"))) == 8  # the disk cache, whole after the kill
     ckpt = load_checkpoint(last)
     assert ckpt["epoch"] == 11 and (tmp_path / "runs/exp/weights/best.pt").is_file()
     assert not (tmp_path / "runs/exp2").exists()
@@ -133,7 +134,8 @@ def test_two_process_gloo_ddp_saves_once(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            str(ROOT / "train.py"), "--data", str(data), "--epochs", "1", "--img-size", "96", "--batch-size", "4",
-           "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs")]
+           "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs"),
+           "--cache", "disk"]  # both ranks fill the same cache files
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = list((tmp_path / "runs").iterdir())

@@ -17,10 +17,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names the file and the reason."""
 
 
-def atomic_write_bytes(path: str | Path, write) -> Path:
+def atomic_write_bytes(path: str | Path, write, fsync: bool = True) -> Path:
     """Call write(file_object) on a temporary file beside `path`, fsync it, then rename it.
 
     A crash (or SIGKILL) at any point leaves either the old file or the new one, never half.
+    fsync=False for caches, which are checked on reading: it skips the wait for the disk, and
+    only a power loss can then leave an empty file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,7 +31,8 @@ def atomic_write_bytes(path: str | Path, write) -> Path:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
