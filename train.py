@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     from engine.trainer import Trainer
     from models.parser import CfgError
     from utils.checkpoint import CheckpointError
-    from utils.config import ConfigError
+    from utils.config import ConfigError, error_line
 
     try:
         Trainer(opt).fit()
-    except (ConfigError, CfgError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+    except (ConfigError, CfgError, CheckpointError, OSError, ValueError, FloatingPointError) as e:
+        print(f"train.py: error: {error_line(e)}", file=sys.stderr)
         return 2
     return 0
 

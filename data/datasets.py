@@ -7,10 +7,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pycocotools.mask as mask_utils
 
 from data.config import DataConfig, SplitSpec
 from data.label_index import IndexBuilder, LabelIndex, check_instance, file_stamp
+from utils.checkpoint import atomic_write_text
 from utils.config import ConfigError
+from utils.paths import cache_path
 
 LOG = logging.getLogger("gradpath.data")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -159,10 +162,10 @@ def load_index(cfg: DataConfig, split: str) -> LabelIndex:
     if spec is None:
         raise ConfigError(f"{cfg.source}: no '{split}' split")
     if cfg.format == "coco":
-        sources, cache = [spec.annotations], spec.annotations.with_suffix(".index.npz")
+        sources, cache = [spec.annotations], cache_path(spec.annotations.with_suffix(".index.npz"))
     else:
         sources = [spec.labels] + ([spec.list_file] if spec.list_file else [])
-        cache = spec.labels.parent / f"{spec.labels.name}.index.npz"
+        cache = cache_path(spec.labels.parent / f"{spec.labels.name}.index.npz")
     stamp = file_stamp(sources) + ([file_stamp(sorted(spec.labels.glob("*.txt")))] if spec.labels else [])
     index = LabelIndex.load(cache, stamp)
     if index is None:
@@ -180,15 +183,11 @@ def write_coco_json(index: LabelIndex, names: list[str], out: Path) -> Path:
         images.append({"id": int(index.image_ids[i]), "file_name": Path(index.files[i]).name, "height": h, "width": w})
         boxes, classes, segs = index.instances(i)
         for b, c, s in zip(boxes, classes, segs):
-            import pycocotools.mask as mask_utils
-
             rle = mask_utils.frPyObjects([s.reshape(-1).tolist()], h, w)
             area = float(mask_utils.area(mask_utils.merge(rle)))
             anns.append({"id": len(anns) + 1, "image_id": int(index.image_ids[i]), "category_id": int(c),
                          "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
                          "area": area, "iscrowd": 0, "segmentation": [s.reshape(-1).tolist()]})
     cats = [{"id": i, "name": n} for i, n in enumerate(names)]
-    from utils.checkpoint import atomic_write_text
-
     atomic_write_text(out, json.dumps({"images": images, "annotations": anns, "categories": cats}))
     return out

@@ -22,6 +22,10 @@ RAM_FRACTION = 0.7  # of the memory available now that a RAM cache may take, all
 DISK_FRACTION = 0.9
 
 
+class UnreadableImage(OSError):
+    """An image that was readable when the label index was built and is not now."""
+
+
 def resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
     r = size / max(h, w, 1)
     return (round(h * r), round(w * r)) if r != 1 else (h, w)
@@ -74,7 +78,7 @@ class ImageReader:
         path = self.files[i]
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
-            raise OSError(f"{path}: cannot decode image")
+            raise UnreadableImage(f"{path}: cannot read image (removed or damaged since the label index was built)")
         h0, w0 = img.shape[:2]
         h, w = resized_shape(h0, w0, self.img_size)
         if (h, w) != (h0, w0):

@@ -47,6 +47,7 @@ class LabelIndex:
         meta = json.dumps({"version": INDEX_VERSION, "stamp": stamp, "counts": self.counts})
         tmp = path.with_name(path.name + ".tmp.npz")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(tmp, meta=np.array(meta), **arrays)
             tmp.replace(path)
         except OSError as e:  # a read-only dataset folder: keep going without a cache

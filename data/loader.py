@@ -17,9 +17,10 @@ from data.augment import (apply_ratio_pad, augment_hsv, build_photometric, copy_
                           mosaic4, random_perspective, rasterize, Tile)
 from data.config import DataConfig
 from data.datasets import load_index, write_coco_json
-from data.images import ImageReader, resized_shape
+from data.images import ImageReader, UnreadableImage, resized_shape
 from data.label_index import LabelIndex
 from utils.config import ConfigError
+from utils.paths import cache_path
 from utils.structures import Batch, Sample
 
 LOG = logging.getLogger("gradpath.data")
@@ -84,13 +85,24 @@ class DetectionDataset(Dataset):
         k, epoch = key if isinstance(key, tuple) else (key, 0)
         i = int(self.order[k])
         if self.augment:
-            sample = self._train_sample(i, epoch)
+            sample = self._train_sample_or_another(i, epoch)
         else:
             shape = tuple(self.batch_shapes[k]) if self.batch_shapes is not None else (self.img_size, self.img_size)
             s = self.load_sample(i)
             img, rp = letterbox(s.image, shape, scaleup=False)
             sample = apply_ratio_pad(s, img, rp)
         return to_tensors(sample)
+
+    def _train_sample_or_another(self, i: int, epoch: int, tries: int = 10) -> Sample:
+        """A training sample; when an image has become unreadable since indexing, one built from
+        another image, with a warning (validation raises instead: its scores would be wrong)."""
+        for _ in range(tries - 1):
+            try:
+                return self._train_sample(i, epoch)
+            except UnreadableImage as e:
+                LOG.warning("%s; training on another image instead", e)
+                i = random.randrange(len(self))
+        return self._train_sample(i, epoch)
 
     def _train_sample(self, i: int, epoch: int) -> Sample:
         hyp = self.hyp
@@ -184,8 +196,9 @@ def build_dataset(data_cfg: DataConfig, split: str, img_size: int, batch_size: i
     if data_cfg.format == "coco":
         ann_file = spec.annotations
     else:
-        ann_file = write_coco_json(index, data_cfg.names, spec.labels.parent / f"{spec.labels.name}.coco.json")
-    cache_dir = (spec.annotations or spec.labels).parent / f".cache-{split}"
+        ann_file = write_coco_json(index, data_cfg.names,
+                                   cache_path(spec.labels.parent / f"{spec.labels.name}.coco.json"))
+    cache_dir = cache_path((spec.annotations or spec.labels).parent / f".cache-{split}") if cache == "disk" else None
     return DetectionDataset(index, img_size, hyp, augment, rect, batch_size, stride, data_cfg.names,
                             data_cfg.category_ids, ann_file, single_cls, cache, cache_dir)
 

@@ -12,7 +12,7 @@ from engine.checkpoint import load_model
 from engine.coco_eval import EvaluationError
 from engine.evaluator import evaluate
 from utils.checkpoint import CheckpointError
-from utils.config import ConfigError
+from utils.config import ConfigError, error_line
 from utils.dist import select_device
 from utils.paths import new_run_dir
 
@@ -39,7 +39,7 @@ def run_validation(args: Namespace, write_txt: Callable) -> int:
                           args.half, save_dir, save_json=args.save_json or args.save_txt, plots=True, verbose=args.verbose,
                           retina_masks=args.retina_masks)
     except (ConfigError, CheckpointError, EvaluationError, ValueError, OSError) as e:
-        print(f"val.py: error: {e}", file=sys.stderr)
+        print(f"val.py: error: {error_line(e)}", file=sys.stderr)
         return 2
     if args.task == "speed":
         print("speed: " + ", ".join(f"{k} {v:.1f} ms" for k, v in result.speed.items()) + f" per image at {img_size}")

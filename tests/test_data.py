@@ -408,3 +408,28 @@ def test_disk_cache_without_room_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"--cache disk: needs .* GiB more in .* but only .* GiB is free"):
         ImageReader(files, shapes, 640, True, cache="disk", cache_dir=tmp_path / "c")
     assert not list((tmp_path / "c").glob("*.npy"))
+
+
+def test_read_only_dataset_keeps_its_caches_elsewhere(tmp_path, monkeypatch):
+    """Label index, YOLO->COCO JSON and disk image cache go to $XDG_CACHE_HOME/gradpath when the
+    dataset folder cannot be written (as root, chmod does not stop writes: os.access is patched)."""
+    import os
+
+    data = tmp_path / "ro"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for k, f in enumerate(_mini_images(3)[0]):
+        shutil.copy(f, data / f"images/im{k}.jpg")
+        (data / f"labels/im{k}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    cfg_file = _yaml(tmp_path, {"format": "yolo", "path": str(data), "names": ["a"],
+                                "train": {"images": "images", "labels": "labels"}})
+    real_access = os.access
+    monkeypatch.setattr("utils.paths.os.access",
+                        lambda p, mode: False if Path(p).is_relative_to(data) else real_access(p, mode))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    build_dataloader(load_data_config(cfg_file), "train", 128, 2, cache="disk")
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before  # nothing written into the dataset
+    kept = {p.name for p in (tmp_path / "xdg/gradpath").glob("*/*")}
+    assert {"labels.index.npz", "labels.coco.json", ".cache-train"} <= kept, kept
+    assert len(list((tmp_path / "xdg/gradpath").glob("*/.cache-train/*.npy"))) == 3

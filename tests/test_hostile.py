@@ -196,3 +196,31 @@ def test_no_file_handles_leak_over_a_video(shared_data, good_weights, tmp_path):
     for k in range(3):
         Predictor(opt(f"run{k}")).run()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_image_damaged_after_indexing(tmp_path):
+    """The label index does not re-read images, so one damaged later is met while loading: training
+    (in a worker) warns and trains on another image; validation stops with one line naming it."""
+    from data.config import load_data_config
+    from data.datasets import load_index
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for k in range(4):
+        cv2.imwrite(str(tmp_path / f"images/im{k}.jpg"), cv2.imread(str(SRC_IMG)))
+        (tmp_path / f"labels/im{k}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"format": "yolo", "path": str(tmp_path), "names": ["a"],
+                                    "train": {"images": "images", "labels": "labels"},
+                                    "val": {"images": "images", "labels": "labels"}}))
+    assert len(load_index(load_data_config(data), "train")) == 4  # indexed and cached while readable
+    (tmp_path / "images/im2.jpg").write_bytes(b"not a jpeg any more")
+    r = _run("train.py", "--data", str(data), "--epochs", "2", "--img-size", "96", "--batch-size", "4",
+             "--workers", "2", "--noval", "--project", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "im2.jpg: cannot read image" in r.stderr and "training on another image instead" in r.stderr
+    v = _run("val.py", "--weights", str(tmp_path / "runs/exp/weights/last.pt"), "--data", str(data),
+             "--img-size", "96", "--workers", "2", "--project", str(tmp_path / "val"), cwd=tmp_path)
+    assert v.returncode == 2
+    errors = [ln for ln in v.stderr.splitlines() if ln.startswith("val.py: error:")]
+    assert len(errors) == 1 and "im2.jpg: cannot read image" in errors[0] and "Traceback" not in errors[0], v.stderr

@@ -15,6 +15,16 @@ class ConfigError(ValueError):
     """A bad config value; the message names the file and the field."""
 
 
+def error_line(e: BaseException) -> str:
+    """The message of `e` as one line. An error raised in a DataLoader worker comes back with the
+    worker's whole traceback as its message; its last line is the original error."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return str(e)
+    head, sep, rest = lines[-1].partition(": ")
+    return rest if sep and head.rsplit(".", 1)[-1] == type(e).__name__ else lines[-1]
+
+
 def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     p = resolve_repo_path(path)
     if not p.is_file():

@@ -1,10 +1,14 @@
 """Run folders and repository paths."""
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+LOG = logging.getLogger("gradpath")
 
 
 def increment_path(base: str | Path, exist_ok: bool = False) -> Path:
@@ -40,3 +44,21 @@ def resolve_repo_path(path: str | Path) -> Path:
 def newest(pattern: str, root: str | Path = ".") -> Path | None:
     files = sorted(Path(root).glob(pattern), key=lambda p: p.stat().st_mtime)
     return files[-1] if files else None
+
+
+def cache_path(preferred: str | Path) -> Path:
+    """Where to keep a cache file or folder: `preferred` (beside the data it describes) when its
+    folder can be written, else the same name under $XDG_CACHE_HOME/gradpath (~/.cache/gradpath),
+    in a folder named after the data's folder, so datasets on read-only mounts keep their caches."""
+    preferred = Path(preferred)
+    folder = preferred.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if os.access(existing, os.W_OK):
+        return preferred
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gradpath"
+    key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
+    moved = base / f"{folder.name}-{key}" / preferred.name
+    LOG.info("%s is read-only: caching %s in %s", folder, preferred.name, moved.parent)
+    return moved
