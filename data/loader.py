@@ -36,7 +36,7 @@ class DetectionDataset(Dataset):
         self.index, self.img_size, self.hyp, self.augment = index, img_size, hyp or {}, augment
         self.names, self.category_ids, self.ann_file = names, category_ids, ann_file
         self.single_cls, self.stride = single_cls, stride
-        self.mosaic = augment and self.hyp.get("mosaic", 0) > 0
+        self.mosaic = augment and not rect and self.hyp.get("mosaic", 0) > 0  # rect batches are not square
         self.mosaic_epochs: int | None = None  # epochs (from 0) that use mosaic; None: all
         self.photometric = build_photometric(self.hyp.get("albumentations", 0.0)) if augment else None
         self.order = np.arange(len(index))
@@ -84,27 +84,30 @@ class DetectionDataset(Dataset):
         """key: a position, or (position, epoch) from EpochBatchSampler."""
         k, epoch = key if isinstance(key, tuple) else (key, 0)
         i = int(self.order[k])
+        shape = tuple(int(v) for v in self.batch_shapes[k]) if self.batch_shapes is not None \
+            else (self.img_size, self.img_size)
         if self.augment:
-            sample = self._train_sample_or_another(i, epoch)
+            sample = self._train_sample_or_another(i, epoch, shape)
         else:
-            shape = tuple(self.batch_shapes[k]) if self.batch_shapes is not None else (self.img_size, self.img_size)
             s = self.load_sample(i)
             img, rp = letterbox(s.image, shape, scaleup=False)
             sample = apply_ratio_pad(s, img, rp)
         return to_tensors(sample)
 
-    def _train_sample_or_another(self, i: int, epoch: int, tries: int = 10) -> Sample:
+    def _train_sample_or_another(self, i: int, epoch: int, shape: tuple[int, int], tries: int = 10) -> Sample:
         """A training sample; when an image has become unreadable since indexing, one built from
         another image, with a warning (validation raises instead: its scores would be wrong)."""
         for _ in range(tries - 1):
             try:
-                return self._train_sample(i, epoch)
+                return self._train_sample(i, epoch, shape)
             except UnreadableImage as e:
                 LOG.warning("%s; training on another image instead", e)
                 i = random.randrange(len(self))
-        return self._train_sample(i, epoch)
+        return self._train_sample(i, epoch, shape)
 
-    def _train_sample(self, i: int, epoch: int) -> Sample:
+    def _train_sample(self, i: int, epoch: int, shape: tuple[int, int]) -> Sample:
+        """Mosaic (square img_size) or one image letterboxed to `shape` (its rectangular batch's
+        shape with --rect), then the perspective, copy-paste, photometric ops and flips."""
         hyp = self.hyp
         mosaic = self.mosaic and (self.mosaic_epochs is None or epoch < self.mosaic_epochs)
         if mosaic and random.random() < hyp["mosaic"]:
@@ -113,8 +116,8 @@ class DetectionDataset(Dataset):
                 sample = mixup(sample, self._mosaic(random.randrange(len(self))))
         else:
             s = self.load_sample(i)
-            img, rp = letterbox(s.image, self.img_size)
-            sample = random_perspective(apply_ratio_pad(s, img, rp), (self.img_size, self.img_size), hyp["degrees"],
+            img, rp = letterbox(s.image, shape)
+            sample = random_perspective(apply_ratio_pad(s, img, rp), shape, hyp["degrees"],
                                         hyp["translate"], hyp["scale"], hyp["shear"], hyp["perspective"])
         sample = copy_paste(sample, hyp.get("copy_paste", 0)) if random.random() < 0.5 else sample
         img = sample.image if self.photometric is None else self.photometric(sample.image)

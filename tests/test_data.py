@@ -433,3 +433,20 @@ def test_read_only_dataset_keeps_its_caches_elsewhere(tmp_path, monkeypatch):
     kept = {p.name for p in (tmp_path / "xdg/gradpath").glob("*/*")}
     assert {"labels.index.npz", "labels.coco.json", ".cache-train"} <= kept, kept
     assert len(list((tmp_path / "xdg/gradpath").glob("*/.cache-train/*.npy"))) == 3
+
+
+def test_rect_training_batches_take_their_shapes():
+    """--rect for training: no mosaic, each image letterboxed to its batch's rectangle (the loader
+    used to ignore the shapes and train square)."""
+    random.seed(0)
+    loader, ds = build_dataloader(load_data_config(MINI), "train", 256, 4, load_hyp(), augment=True, rect=True)
+    assert not ds.mosaic
+    shapes = set()
+    for b, batch in enumerate(loader):
+        h, w = batch.images.shape[2:]
+        assert (h, w) == tuple(ds.batch_shapes[b * 4]) and max(h, w) == 256
+        shapes.add((h, w))
+        assert batch.masks.shape[1:] == (h // 4, w // 4)
+        if len(batch.boxes):
+            assert batch.boxes[:, [0, 2]].max() <= w and batch.boxes[:, [1, 3]].max() <= h
+    assert any(h != w for h, w in shapes), shapes
