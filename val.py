@@ -31,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-json", action="store_true", help="write predictions.json (COCO results, RLE masks)")
     p.add_argument("--save-txt", action="store_true", help="write labels/*.txt (class cx cy w h conf, normalised)")
     p.add_argument("--verbose", action="store_true", help="per-class AP")
+    p.add_argument("--single-cls", action="store_true",
+                   help="class-agnostic scoring of a one-class model (implied when it was trained with --single-cls)")
     p.add_argument("--project", default="runs/val")
     p.add_argument("--name", default="exp")
     p.add_argument("--exist-ok", action="store_true")

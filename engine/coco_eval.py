@@ -70,9 +70,12 @@ def load_gt(ann_json: str | Path, backend: str | None = None):
 
 
 def score(ann_json: str | Path, results: str | Path | list, iou_types: tuple[str, ...] = ("bbox", "segm"),
-          img_ids: list[int] | None = None, gt=None, backend: str | None = None) -> dict[str, dict]:
+          img_ids: list[int] | None = None, gt=None, backend: str | None = None,
+          use_cats: bool = True) -> dict[str, dict]:
     """{iou_type: {"stats": {name: value}, "per_class": {cat_id: AP50-95}}}. `gt` must come from
-    load_gt() with the same backend."""
+    load_gt() with the same backend. use_cats=False scores class-agnostically (COCO's useCats=0:
+    a detection may match any ground truth), as a --single-cls model must be; per_class then
+    holds one entry, under the first category id."""
     backend = backend or default_backend()
     _, COCOeval = _classes(backend)
     gt = gt or load_gt(ann_json, backend)
@@ -88,6 +91,7 @@ def score(ann_json: str | Path, results: str | Path | list, iou_types: tuple[str
             with contextlib.redirect_stdout(buf):
                 dt = gt.loadRes([dict(d) for d in usable])
                 ev = COCOeval(gt, dt, iou_type)
+                ev.params.useCats = int(use_cats)
                 if img_ids is not None:
                     ev.params.imgIds = list(img_ids)
                 ev.evaluate()
@@ -97,11 +101,12 @@ def score(ann_json: str | Path, results: str | Path | list, iou_types: tuple[str
             raise EvaluationError(f"COCO {iou_type} evaluation failed: {type(e).__name__}: {e}") from e
         precision = ev.eval["precision"]  # (T, R, K, A, M)
         per_class = {}
-        for k, cat in enumerate(ev.params.catIds):
+        cat_ids = ev.params.catIds if use_cats else ev.params.catIds[:1]
+        for k, cat in enumerate(cat_ids):
             p = precision[:, :, k, 0, -1]
             per_class[int(cat)] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
         out[iou_type] = {"stats": {n: float(v) for n, v in zip(STAT_NAMES, ev.stats)}, "per_class": per_class,
-                         "pr50": np.asarray(precision[0, :, :, 0, -1]), "cat_ids": [int(c) for c in ev.params.catIds]}
+                         "pr50": np.asarray(precision[0, :, :, 0, -1]), "cat_ids": [int(c) for c in cat_ids]}
         out[iou_type].update(best_f1(out[iou_type]["pr50"]))
     return out
 

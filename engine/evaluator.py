@@ -109,14 +109,16 @@ def evaluate(model: nn.Module, loader, dataset, device: torch.device, conf_thres
              save_json: bool = False, plots: bool = False, verbose: bool = False,
              retina_masks: bool = False) -> EvalResult:
     """COCO AP^box / AP^mask of `model` on `dataset` (scored against dataset.ann_file)."""
-    confusion = ConfusionMatrix(len(dataset.names)) if plots else None
+    single_cls = getattr(dataset, "single_cls", False)
+    names = ["item"] if single_cls else list(dataset.names)
+    confusion = ConfusionMatrix(len(names)) if plots else None
     on_image = None
     if confusion is not None:
         row = {int(i): k for k, i in enumerate(dataset.index.image_ids)}
 
         def on_image(image_id: int, d: Detections) -> None:
             boxes, classes, _ = dataset.index.instances(row[image_id])
-            confusion.update(d.boxes, d.scores, d.classes, boxes, classes)
+            confusion.update(d.boxes, d.scores, d.classes, boxes, np.zeros_like(classes) if single_cls else classes)
 
     results, img_ids, ms = predict_loader(model, loader, device, conf_thres, iou_thres, max_det, half,
                                           retina_masks, dataset.category_ids, on_image)
@@ -124,12 +126,13 @@ def evaluate(model: nn.Module, loader, dataset, device: torch.device, conf_thres
         atomic_write_text(Path(save_dir) / "predictions.json", json.dumps(results))
     gt = load_gt(dataset.ann_file)  # the default backend, as score() below
     has_masks = getattr(model, "nm", 0) > 0
-    scores = score(dataset.ann_file, results, ("bbox", "segm") if has_masks else ("bbox",), img_ids, gt)
-    names_by_id = {cid: n for cid, n in zip(dataset.category_ids, dataset.names)}
+    scores = score(dataset.ann_file, results, ("bbox", "segm") if has_masks else ("bbox",), img_ids, gt,
+                   use_cats=not single_cls)
+    names_by_id = {cid: n for cid, n in zip(dataset.category_ids, names)}
     if plots and save_dir is not None:
         plot_pr_curves({("box" if k == "bbox" else "mask"): v["pr50"] for k, v in scores.items() if "pr50" in v},
                        Path(save_dir) / "PR_curve.png")
-        plot_confusion(confusion.matrix, list(dataset.names), Path(save_dir) / "confusion_matrix.png")
+        plot_confusion(confusion.matrix, names, Path(save_dir) / "confusion_matrix.png")
     quick = {f"{'box' if k == 'bbox' else 'mask'}_{m}": v[m] for k, v in scores.items() for m in ("P", "R")}
     return EvalResult(scores["bbox"]["stats"], scores["segm"]["stats"] if has_masks else {},
                       {k: v["per_class"] for k, v in scores.items()},

@@ -28,12 +28,15 @@ def run_validation(args: Namespace, write_txt: Callable) -> int:
         if not data:
             raise ConfigError("--data is required: the checkpoint does not name its dataset")
         data_cfg = load_data_config(data)
-        if data_cfg.nc != model.nc:
+        single_cls = bool(args.single_cls or config.get("args", {}).get("single_cls"))
+        if single_cls and model.nc != 1:
+            raise ConfigError(f"{args.weights}: --single-cls needs a one-class model, this one has {model.nc} classes")
+        if not single_cls and data_cfg.nc != model.nc:
             raise ConfigError(f"{data}: has {data_cfg.nc} classes but the model was trained with {model.nc}")
         img_size = args.img_size or int(config.get("img_size", 640))
         split = "test" if args.task == "test" else "val"
         loader, dataset = build_dataloader(data_cfg, split, img_size, args.batch_size, rect=True,
-                                           workers=args.workers, stride=int(max(model.stride)))
+                                           workers=args.workers, single_cls=single_cls, stride=int(max(model.stride)))
         save_dir = new_run_dir(args.project, args.name, args.exist_ok)
         result = evaluate(model, loader, dataset, device, args.conf_thres, args.iou_thres, args.max_det,
                           args.half, save_dir, save_json=args.save_json or args.save_txt, plots=True, verbose=args.verbose,

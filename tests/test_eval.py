@@ -107,6 +107,21 @@ def test_category_ids_not_1_to_80(tmp_path):
     assert ours["bbox"]["stats"]["AP"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("backend", ["faster", "pycocotools"])
+def test_class_agnostic_scoring_for_single_class_models(backend):
+    """Perfect boxes all labelled with one category: per-category AP is low, class-agnostic AP
+    (what a --single-cls model is scored by) is 1; both backends agree."""
+    dets = _gt_results(MINI_VAL, perturb=False)
+    first = min(d["category_id"] for d in dets)
+    one_label = [{**d, "category_id": first} for d in dets]
+    per_cat = score(MINI_VAL, one_label, ("bbox", "segm"), backend=backend)
+    agnostic = score(MINI_VAL, one_label, ("bbox", "segm"), backend=backend, use_cats=False)
+    assert per_cat["bbox"]["stats"]["AP"] < 0.5
+    for kind in ("bbox", "segm"):
+        assert agnostic[kind]["stats"]["AP"] == pytest.approx(1.0)
+        assert list(agnostic[kind]["per_class"].values()) == [pytest.approx(1.0)]  # one row: all classes
+
+
 def test_empty_and_inconsistent_results(tmp_path):
     ours = score(MINI_VAL, [])
     assert ours["bbox"]["stats"]["AP"] == 0.0 and ours["segm"]["stats"]["AR100"] == 0.0

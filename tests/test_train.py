@@ -161,3 +161,17 @@ def test_paper_cfg_trains_validates_and_exports(tmp_path, cfg):
                         "--source", str(ROOT / "datasets/coco-mini/images"), "--img-size", "96",
                         "--project", str(runs), "--name", "d"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "32 images" in r.stderr, r.stderr[-3000:]
+
+
+def test_single_cls_trains_and_val_py_scores_class_agnostically(tmp_path):
+    data = _overfit_data(tmp_path, 4)
+    r = _train(["--data", str(data), "--epochs", "1", "--img-size", "96", "--batch-size", "4", "--workers", "0",
+                "--single-cls", "--project", str(tmp_path / "runs")], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    weights = tmp_path / "runs/exp/weights/last.pt"
+    assert load_checkpoint(weights)["config"]["nc"] == 1
+    v = subprocess.run([sys.executable, str(ROOT / "val.py"), "--weights", str(weights), "--img-size", "96",
+                        "--workers", "0", "--verbose", "--project", str(tmp_path / "val")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert v.returncode == 0, v.stderr[-3000:]  # was: "has 80 classes but the model was trained with 1"
+    assert "Average Precision" in v.stdout and "item" in v.stdout  # one per-class row, named item
