@@ -62,9 +62,13 @@ class ImageReader:
     def __len__(self) -> int:
         return len(self.files)
 
+    def shape(self, i: int) -> tuple[int, int]:
+        """(h, w) that images[i] will have, from the index alone (no decoding)."""
+        h, w = (int(v) for v in self.shapes[i])
+        return resized_shape(h, w, self.img_size)
+
     def nbytes(self, indices=None) -> int:
-        shapes = self.shapes if indices is None else self.shapes[np.asarray(indices, np.int64)]
-        return sum(h * w * 3 for h, w in (resized_shape(int(h), int(w), self.img_size) for h, w in shapes))
+        return sum(h * w * 3 for h, w in map(self.shape, range(len(self)) if indices is None else indices))
 
     def __getitem__(self, i: int) -> np.ndarray:
         img = self.ram.get(i)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.checkpoint import atomic_write_bytes
+
 LOG = logging.getLogger("gradpath.data")
 INDEX_VERSION = 2
 
@@ -45,14 +47,10 @@ class LabelIndex:
         arrays = {k: getattr(self, k) for k in ("files", "image_ids", "shapes", "inst_offsets", "boxes", "classes",
                                                 "seg_offsets", "points")}
         meta = json.dumps({"version": INDEX_VERSION, "stamp": stamp, "counts": self.counts})
-        tmp = path.with_name(path.name + ".tmp.npz")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(tmp, meta=np.array(meta), **arrays)
-            tmp.replace(path)
-        except OSError as e:  # a read-only dataset folder: keep going without a cache
+        try:  # checked on loading, so no fsync
+            atomic_write_bytes(path, lambda f: np.savez(f, meta=np.array(meta), **arrays), fsync=False)
+        except OSError as e:  # e.g. a full disk: keep going without a cache
             LOG.warning("label index not cached (%s): %s", path, e)
-            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path, stamp: list) -> "LabelIndex | None":

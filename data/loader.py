@@ -17,7 +17,7 @@ from data.augment import (apply_ratio_pad, augment_hsv, build_photometric, copy_
                           mosaic4, random_perspective, rasterize, Tile)
 from data.config import DataConfig
 from data.datasets import load_index, write_coco_json
-from data.images import ImageReader, UnreadableImage, resized_shape
+from data.images import ImageReader, UnreadableImage
 from data.label_index import LabelIndex
 from utils.config import ConfigError
 from utils.paths import cache_path
@@ -132,13 +132,8 @@ class DetectionDataset(Dataset):
 
     def _mosaic(self, i: int) -> Sample:
         ids = [i] + [random.randrange(len(self)) for _ in range(3)]
-        tiles = [Tile(self._resized_shape(j), functools.partial(self.load_sample, j)) for j in ids]
+        tiles = [Tile(self.images.shape(j), functools.partial(self.load_sample, j)) for j in ids]
         return mosaic4(tiles, self.img_size, self.hyp)
-
-    def _resized_shape(self, i: int) -> tuple[int, int]:
-        """(h, w) that load_sample(i) will return, from the index alone."""
-        h0, w0 = (int(v) for v in self.index.shapes[i])
-        return resized_shape(h0, w0, self.img_size)
 
 
 def to_tensors(s: Sample) -> dict:
