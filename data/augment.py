@@ -169,7 +169,7 @@ def warp_image(img: np.ndarray, M: np.ndarray, out_hw: tuple[int, int]) -> tuple
     return cv2.warpAffine(img, Mc[:2], (w, h), borderValue=(114, 114, 114)), M
 
 
-def warp(sample: Sample, M: np.ndarray, out_hw: tuple[int, int]) -> Sample:
+def warp(sample: Sample, M: np.ndarray, out_hw: tuple[int, int], min_area_ratio: float = 0.1) -> Sample:
     """Image and polygons through the same map, then clipped; boxes recomputed from the polygons."""
     img, M = warp_image(sample.image, M, out_hw)
     projective = bool(M[2, 0] or M[2, 1])
@@ -180,25 +180,36 @@ def warp(sample: Sample, M: np.ndarray, out_hw: tuple[int, int]) -> Sample:
 
     segs = map_points(sample.segments, move)
     return filter_instances(Sample(img, sample.boxes, sample.classes, segs, sample.image_id, sample.path,
-                                   sample.orig_shape, sample.ratio_pad), old_area_scale=abs(np.linalg.det(M[:2, :2])))
+                                   sample.orig_shape, sample.ratio_pad), abs(np.linalg.det(M[:2, :2])), min_area_ratio)
 
 
 def random_perspective(sample: Sample, out_hw: tuple[int, int], degrees=0.0, translate=0.1, scale=0.5, shear=0.0,
-                       perspective=0.0) -> Sample:
+                       perspective=0.0, min_area_ratio: float = 0.1) -> Sample:
     """Rotation, scale, shear, translation and perspective as one 3x3 warp of image and polygons."""
     M = random_affine(sample.image.shape[:2], out_hw, degrees, translate, scale, shear, perspective)
-    return warp(sample, M, out_hw)
+    return warp(sample, M, out_hw, min_area_ratio)
 
 
-def filter_instances(sample: Sample, old_area_scale: float = 1.0, min_size: float = 2.0) -> Sample:
-    """Clip polygons to the image, recompute boxes, drop instances that became too small/thin."""
+def min_area_ratio(has_polygons: bool) -> float:
+    """The share of its area an instance must keep through a crop: 0.01 when labels are polygons (the
+    box is recomputed from the visible outline, so even a small visible part has a true box), 0.1
+    when they are boxes only (a cropped box may no longer hold any of the object). YOLOv5 and
+    YOLOv7 use these two thresholds in the same way."""
+    return 0.01 if has_polygons else 0.1
+
+
+def filter_instances(sample: Sample, old_area_scale: float = 1.0, min_area_ratio: float = 0.1,
+                     min_size: float = 2.0, max_aspect: float = 20.0) -> Sample:
+    """Clip polygons to the image and recompute boxes; keep an instance whose box is wider and taller
+    than min_size px, less elongated than max_aspect, and whose area is over min_area_ratio of its
+    box before the warp (sample.boxes, times old_area_scale)."""
     h, w = sample.image.shape[:2]
     clipped, boxes, keep = boxes_from_segments(sample.segments, w, h)
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     old = sample.boxes
     old_area = (old[:, 2] - old[:, 0]) * (old[:, 3] - old[:, 1]) * old_area_scale if len(old) else np.zeros(0)
     ar = np.maximum(bw / (bh + 1e-9), bh / (bw + 1e-9))
-    keep &= (bw > min_size) & (bh > min_size) & (bw * bh / (old_area + 1e-9) > 0.1) & (ar < 20)
+    keep &= (bw > min_size) & (bh > min_size) & (bw * bh / (old_area + 1e-9) > min_area_ratio) & (ar < max_aspect)
     segs = [s for s, k in zip(clipped, keep) if k]
     return Sample(sample.image, boxes[keep], sample.classes[keep], segs, sample.image_id, sample.path,
                   sample.orig_shape, sample.ratio_pad)
@@ -224,7 +235,7 @@ def _tile_rect(k: int, hw: tuple[int, int], xc: int, yc: int, side: int) -> tupl
     return x1, y1, x2, y2, dx, dy
 
 
-def mosaic4(tiles: list[Tile | Sample], size: int, hyp: dict) -> Sample:
+def mosaic4(tiles: list[Tile | Sample], size: int, hyp: dict, min_area_ratio: float = 0.1) -> Sample:
     """Four images around a random centre of a 2*size canvas, then a random perspective to size.
     Only the part of the canvas the perspective keeps is built, and only the images in it are read."""
     s = size
@@ -256,13 +267,15 @@ def mosaic4(tiles: list[Tile | Sample], size: int, hyp: dict) -> Sample:
         moved = [m for m, v in zip(moved, seen) if v]
         clipped, _ = clip_polygons(moved, (x1 - vx0, y1 - vy0, x2 - vx0, y2 - vy0))
         kept = np.flatnonzero(seen)[[len(c) >= 3 for c in clipped]] if clipped else np.zeros(0, np.int64)
-        boxes.append(smp.boxes[kept] + np.tile(off, 2))  # unclipped: filter_instances' area test needs them
+        # clipped to the tile: filter_instances compares what the output keeps with what the
+        # mosaic showed, so an object the tile's edge cut is not also counted as lost there
+        boxes.append(np.clip(smp.boxes[kept] + np.tile(off, 2), [x1 - vx0, y1 - vy0] * 2, [x2 - vx0, y2 - vy0] * 2))
         classes.append(smp.classes[kept])
         segs += [c for c in clipped if len(c) >= 3]
     merged = Sample(canvas, np.concatenate(boxes).reshape(-1, 4), np.concatenate(classes), segs, first.image_id,
                     first.path, first.orig_shape)
     shift = np.array([[1, 0, vx0], [0, 1, vy0], [0, 0, 1]], np.float64)
-    return warp(merged, M @ shift, (s, s))
+    return warp(merged, M @ shift, (s, s), min_area_ratio)
 
 
 def mixup(a: Sample, b: Sample) -> Sample:

@@ -37,6 +37,16 @@ class LabelIndex:
         segs = [self.points[self.seg_offsets[j]:self.seg_offsets[j + 1]] for j in range(a, b)]
         return self.boxes[a:b], self.classes[a:b], segs
 
+    def has_polygons(self) -> bool:
+        """Whether any instance has a polygon of its own, not only the outline of its box (what
+        box-only labels get)."""
+        lens = np.diff(self.seg_offsets)
+        if len(lens) == 0 or (lens != 4).any():
+            return bool(len(lens))
+        b = self.boxes
+        outline = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], 1)  # as check_instance makes it
+        return not np.array_equal(self.points.reshape(-1, 4, 2), outline)
+
     def summary(self) -> str:
         c = self.counts
         return (f"{c.get('images', 0)} images, {c.get('instances', 0)} instances; missing {c.get('missing', 0)}, "

@@ -13,8 +13,8 @@ import psutil
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from data.augment import (apply_ratio_pad, augment_hsv, build_photometric, copy_paste, flip, letterbox, mixup,
-                          mosaic4, random_perspective, rasterize, Tile)
+from data.augment import (apply_ratio_pad, augment_hsv, build_photometric, copy_paste, flip, letterbox, min_area_ratio,
+                          mixup, mosaic4, random_perspective, rasterize, Tile)
 from data.config import DataConfig
 from data.datasets import load_index, write_coco_json
 from data.images import ImageReader, UnreadableImage
@@ -39,6 +39,7 @@ class DetectionDataset(Dataset):
         self.mosaic = augment and not rect and self.hyp.get("mosaic", 0) > 0  # rect batches are not square
         self.mosaic_epochs: int | None = None  # epochs (from 0) that use mosaic; None: all
         self.photometric = build_photometric(self.hyp.get("albumentations", 0.0)) if augment else None
+        self.min_area_ratio = min_area_ratio(index.has_polygons())
         self.order = np.arange(len(index))
         self.batch_shapes = None
         if rect:
@@ -117,8 +118,8 @@ class DetectionDataset(Dataset):
         else:
             s = self.load_sample(i)
             img, rp = letterbox(s.image, shape)
-            sample = random_perspective(apply_ratio_pad(s, img, rp), shape, hyp["degrees"],
-                                        hyp["translate"], hyp["scale"], hyp["shear"], hyp["perspective"])
+            sample = random_perspective(apply_ratio_pad(s, img, rp), shape, hyp["degrees"], hyp["translate"],
+                                        hyp["scale"], hyp["shear"], hyp["perspective"], self.min_area_ratio)
         sample = copy_paste(sample, hyp.get("copy_paste", 0)) if random.random() < 0.5 else sample
         img = sample.image if self.photometric is None else self.photometric(sample.image)
         img = augment_hsv(img, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
@@ -133,7 +134,7 @@ class DetectionDataset(Dataset):
     def _mosaic(self, i: int) -> Sample:
         ids = [i] + [random.randrange(len(self)) for _ in range(3)]
         tiles = [Tile(self.images.shape(j), functools.partial(self.load_sample, j)) for j in ids]
-        return mosaic4(tiles, self.img_size, self.hyp)
+        return mosaic4(tiles, self.img_size, self.hyp, self.min_area_ratio)
 
 
 def to_tensors(s: Sample) -> dict:

@@ -43,10 +43,27 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, wei
 
 
 def lr_lambda(epochs: int, lrf: float, linear: bool) -> Callable[[int], float]:
-    """Epoch -> LR factor: one-cycle cosine from 1 to lrf, or a straight line."""
+    """Epoch -> LR factor, as YOLOv7 schedules it: a half cosine from 1 over `epochs` (so the last
+    epoch ends just above lrf, as in YOLOv5 and YOLOv7), or with --linear-lr a straight line to
+    lrf at the last epoch."""
     if linear:
         return lambda e: (1 - e / max(epochs - 1, 1)) * (1.0 - lrf) + lrf
-    return lambda e: ((1 - math.cos(e * math.pi / max(epochs - 1, 1))) / 2) * (lrf - 1) + 1
+    return lambda e: ((1 - math.cos(e * math.pi / max(epochs, 1))) / 2) * (lrf - 1) + 1
+
+
+def warmup_iterations(hyp: dict, batches_per_epoch: int) -> int:
+    """Warmup length in batches: warmup_epochs of them, but at least warmup_min_iters, so that a
+    short run on a small dataset (a fine-tune) still ramps its LR over as many optimizer steps
+    as a long one does instead of reaching lr0 within a few steps."""
+    return max(round(hyp["warmup_epochs"] * batches_per_epoch), int(hyp["warmup_min_iters"]))
+
+
+def accumulation(it: int, n_warmup: int, accumulate: int) -> int:
+    """Batches per optimizer step at global iteration `it`: from 1 up to `accumulate` (nominal
+    batch / batch size) over the warmup, then `accumulate`."""
+    if it >= n_warmup:
+        return accumulate
+    return max(1, round(float(np.interp(it, [0, n_warmup], [1, accumulate]))))
 
 
 def warmup(optimizer: torch.optim.Optimizer, it: int, n_warmup: int, epoch_factor: float, hyp: dict) -> None:

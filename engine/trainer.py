@@ -19,7 +19,7 @@ from data.config import load_data_config
 from data.loader import build_dataloader
 from engine.checkpoint import load_state_dict_checked, transfer_weights
 from engine.ema import ModelEMA
-from engine.optim import build_optimizer, lr_lambda, warmup
+from engine.optim import accumulation, build_optimizer, lr_lambda, warmup, warmup_iterations
 from engine.options import FALLBACK, TrainOptions
 from engine.results import ResultsLog
 from models.losses import build_criterion
@@ -179,13 +179,19 @@ class Trainer:
         self.setup()
         opt = self.opt
         nb = len(self.train_loader)
-        self.n_warmup = max(round(self.hyp["warmup_epochs"] * nb), 1) if self.hyp["warmup_epochs"] > 0 else 0
+        self.n_warmup = warmup_iterations(self.hyp, nb)
         self.bad_steps, self.skipped_steps, self.global_step = 0, 0, self.start_epoch * nb
+        # the optimizer steps on the global batch counter: an accumulation runs on across an epoch's
+        # end instead of being cut short there (on a small dataset, most of them would be)
+        self.last_opt_step = self.start_epoch * nb - 1
+        self.optimizer.zero_grad(set_to_none=True)
         results: dict[str, Any] = {}
         t0 = time.time()
         stale = 0
         for epoch in range(self.start_epoch, opt.epochs):
+            t_epoch = time.time()
             losses = self.train_one_epoch(epoch)
+            self.epoch_seconds = time.time() - t_epoch
             self.scheduler.step()
             if self.dist.is_main:
                 results = self.end_epoch(epoch, losses)
@@ -207,17 +213,14 @@ class Trainer:
         sums: dict[str, float] = {}
         bar = tqdm(self.train_loader, total=nb, disable=not self.dist.is_main, bar_format="{l_bar}{bar:10}{r_bar}",
                    desc=f"{epoch + 1}/{self.opt.epochs}")
-        self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(bar):
             it = i + nb * epoch
-            if it <= self.n_warmup:
-                self.accumulate_now = max(1, round(np.interp(it, [0, self.n_warmup], [1, self.accumulate])))
+            self.accumulate_now = accumulation(it, self.n_warmup, self.accumulate)
+            if self.n_warmup and it <= self.n_warmup:
                 warmup(self.optimizer, it, self.n_warmup, self.lf(epoch), self.hyp)
-            else:
-                self.accumulate_now = self.accumulate
             if self.dist.is_main and epoch == self.start_epoch and i < 3:
                 self._plot_batch(batch, i)
-            terms = self.train_step(batch, i, nb)
+            terms = self.train_step(batch, it)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             if self.dist.is_main:
@@ -227,7 +230,9 @@ class Trainer:
                                     + f" mem={mem} inst={len(batch.classes)} size={batch.images.shape[-1]}")
         return {k: v / max(nb, 1) for k, v in sums.items()}
 
-    def train_step(self, batch: Batch, i: int, nb: int) -> dict[str, float]:
+    def train_step(self, batch: Batch, it: int) -> dict[str, float]:
+        """Forward and backward of one batch (global index `it`); the optimizer steps once
+        accumulate_now batches have been summed since its last step."""
         batch = batch.to(self.device, non_blocking=True)
         images = batch.images.float() / 255.0
         if self.opt.multi_scale:
@@ -243,8 +248,9 @@ class Trainer:
         self.bad_steps = 0
         self.scaler.scale(loss).backward()
         self.global_step += 1
-        if (i + 1) % self.accumulate_now == 0 or i + 1 == nb:
+        if it - self.last_opt_step >= self.accumulate_now:
             self._optimizer_step()
+            self.last_opt_step = it
         return {k: float(v) for k, v in terms.items()}
 
     def _skip_step(self, terms: dict) -> dict[str, float]:
@@ -283,8 +289,10 @@ class Trainer:
             result = self.validate(self.ema.ema, plots=final)
             metrics, fitness = result.summary(), float(result.fitness)
         lrs = {f"lr/pg{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)}
+        images = self.train_loader.batch_sampler.per_rank * max(self.dist.world_size, 1)
         self.log.epoch(epoch, {**{f"train/{k}": v for k, v in losses.items()}, **metrics, **lrs,
-                               "sys/rss_gib": process_tree_rss() / 2**30})
+                               "sys/rss_gib": process_tree_rss() / 2**30,
+                               "sys/train_img_s": images / max(self.epoch_seconds, 1e-9)})
         improved = fitness > self.best_fitness or self.opt.noval  # without validation the newest is best
         if improved:
             self.best_fitness = fitness

@@ -31,6 +31,35 @@ def test_user_hyp_overrides_and_errors(tmp_path):
         load_hyp(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize("name", ["yolov5-hyp.scratch-low.yaml", "yolov7-hyp.scratch.p5.yaml",
+                                  "yolov7-seg-hyp.scratch-high.yaml"])
+def test_official_hyp_files_load_as_they_are(shared_data, name, caplog):
+    """Keys without effect here are named in one warning; the file's values win; keys it lacks
+    keep the defaults."""
+    path = shared_data.parent / "official" / "hyp" / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    official = load_yaml(path)
+    with caplog.at_level("WARNING", logger="gradpath.config"):
+        hyp = load_hyp(path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    inert = [k for k in ("iou_t", "anchors", "loss_ota", "paste_in") if k in official]
+    assert len(warnings) == 1 and all(k in warnings[0] for k in inert) and "ignored" in warnings[0]
+    assert not any(k in hyp for k in inert)
+    assert all(hyp[k] == v for k, v in official.items() if k not in inert)
+    assert hyp["nominal_batch"] == 64 and hyp["warmup_min_iters"] == 100 and hyp["obj_balance"] == [4.0, 1.0, 0.4]
+
+
+def test_inert_keys_do_not_hide_typos(tmp_path, caplog):
+    (tmp_path / "h.yaml").write_text("iou_t: 0.2\nloss_ota: 1\nwarmup_epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"h.yaml: unknown hyperparameter 'warmup_epoch'"):
+        load_hyp(tmp_path / "h.yaml")
+    (tmp_path / "ok.yaml").write_text("lr0: 0.02\n")
+    with caplog.at_level("WARNING", logger="gradpath.config"):
+        load_hyp(tmp_path / "ok.yaml")
+    assert not caplog.records  # nothing to warn about in a file of our own keys
+
+
 def test_run_dirs_increment(tmp_path):
     assert new_run_dir(tmp_path, "exp").name == "exp"
     assert new_run_dir(tmp_path, "exp").name == "exp2"

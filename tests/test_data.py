@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import yaml
 
-from data.augment import Tile, copy_paste, flip, letterbox, mixup, mosaic4, random_perspective, warp_image
+from data.augment import (Tile, copy_paste, filter_instances, flip, letterbox, min_area_ratio, mixup, mosaic4,
+                          random_perspective, warp_image)
 from data.config import load_data_config
 from data.datasets import load_index
 from data.images import ImageReader
+from data.label_index import LabelIndex
 from data.loader import EpochBatchSampler, build_dataloader, collate, to_tensors
 from utils.config import ConfigError, load_hyp
 from utils.masks import polygons_to_mask
@@ -450,3 +452,52 @@ def test_rect_training_batches_take_their_shapes():
         if len(batch.boxes):
             assert batch.boxes[:, [0, 2]].max() <= w and batch.boxes[:, [1, 3]].max() <= h
     assert any(h != w for h, w in shapes), shapes
+
+
+def _rect(x1, y1, x2, y2) -> np.ndarray:
+    return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32)
+
+
+@pytest.mark.parametrize("ratio, kept", [(0.1, [0, 4]), (0.01, [0, 1, 4])])
+def test_label_filter_keeps_and_drops_hand_computed_boxes(ratio, kept):
+    """On a 100x100 image, each instance's box before the warp is 50x50 (2500 px^2, times the
+    warp's area scale 1) and its polygon after it as below."""
+    polys = [_rect(10, 10, 60, 40),    # 50x30 = 1500: 0.6 of before: kept
+             _rect(0, 0, 10, 20),      # 200: 0.08, over 0.01 but not 0.1
+             _rect(0, 0, 2, 80),       # 2 px wide: too thin however large
+             _rect(90, 90, 93, 93),    # 9: 0.0036, dropped by both
+             _rect(-40, 50, 20, 70)]   # clipped to 20x20 = 400 (0.16): kept, box clipped to the image
+    s = Sample(np.zeros((100, 100, 3), np.uint8), np.tile(np.float32([0, 0, 50, 50]), (5, 1)), np.arange(5), polys,
+               0, "x.jpg", (100, 100))
+    out = filter_instances(s, 1.0, ratio)
+    assert out.classes.tolist() == kept
+    assert np.allclose(out.boxes[-1], [0, 50, 20, 70])
+    # the warp's area scale enters the comparison: at 4x, of 10000: 0.15, 0.02 and 0.04 are left
+    assert filter_instances(s, 4.0, ratio).classes.tolist() == [0] + ([1, 4] if ratio == 0.01 else [])
+
+
+def test_polygon_labels_use_the_lower_area_threshold(tmp_path):
+    assert min_area_ratio(True) == 0.01 and min_area_ratio(False) == 0.1
+    boxes = np.float32([[0, 0, 10, 20], [5, 5, 30, 30]])
+    outline = np.concatenate([_rect(*b) for b in boxes])
+    index = LabelIndex(np.array(["a.jpg"]), np.array([1]), np.array([[40, 40]], np.int32), np.array([0, 2]), boxes,
+                       np.array([0, 1]), np.array([0, 4, 8]), outline)
+    assert not index.has_polygons()  # box-only labels: the outlines of their boxes
+    index.points = index.points.copy()
+    index.points[5] += 1  # one real quadrilateral
+    assert index.has_polygons()
+
+
+def test_mosaic_judges_a_cut_object_by_what_its_tile_shows(monkeypatch):
+    """Centre (64, 64) of a 128 canvas, no scale or shift: the 64x64 output shows canvas [32, 96].
+    Tile 0 (96x96, placed at [-32, 64]) holds a box at x 0..70 of its image: canvas -32..38, cut by
+    the tile at 0, visible 32..38. The official recipe compares the 6 px seen with the 38 px the
+    mosaic showed (0.16 > 0.1: kept); compared with the uncut 70 px (0.09) it would be lost."""
+    monkeypatch.setattr(random, "uniform", lambda a, b: (a + b) / 2)
+    hyp = {**load_hyp(), "scale": 0.0, "translate": 0.0, "degrees": 0.0, "shear": 0.0, "perspective": 0.0}
+    first = Sample(np.full((96, 96, 3), 50, np.uint8), np.float32([[0, 70, 70, 90]]), np.array([3]),
+                   [_rect(0, 70, 70, 90)], 0, "a.jpg", (96, 96))
+    rest = [Sample(np.full((64, 64, 3), v, np.uint8), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), [], v,
+                   "b.jpg", (64, 64)) for v in (90, 160, 220)]
+    out = mosaic4([first, *rest], 64, hyp, min_area_ratio=0.1)
+    assert out.classes.tolist() == [3] and np.allclose(out.boxes, [[0, 6, 6, 26]])

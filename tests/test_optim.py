@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from engine.ema import ModelEMA
-from engine.optim import build_optimizer, lr_lambda, parameter_groups, warmup
+from engine.optim import accumulation, build_optimizer, lr_lambda, parameter_groups, warmup, warmup_iterations
 from utils.config import load_hyp
 
 
@@ -38,11 +38,31 @@ def test_three_groups_and_no_decay_on_norm_bias_implicit():
         build_optimizer(net, "Lion", 0.01, 0.9, 0.0)
 
 
-def test_schedules_start_at_one_and_end_at_lrf():
+def test_schedules_fall_from_one_towards_lrf():
+    """Cosine over `epochs` as YOLOv5 and YOLOv7 schedule it (1, 0.75, 0.25 of the way for 3
+    epochs: the last epoch does not sit at lrf); --linear-lr as YOLOv7's, reaching lrf at the last."""
+    cos, lin = lr_lambda(3, 0.01, False), lr_lambda(3, 0.01, True)
+    assert [cos(e) for e in range(3)] == pytest.approx([1.0, 1 - 0.25 * 0.99, 1 - 0.75 * 0.99])
+    assert [lin(e) for e in range(3)] == pytest.approx([1.0, 1 - 0.5 * 0.99, 0.01])
     for linear in (False, True):
         f = lr_lambda(100, 0.1, linear)
-        assert f(0) == pytest.approx(1.0) and f(99) == pytest.approx(0.1)
+        assert f(0) == pytest.approx(1.0) and f(99) == pytest.approx(0.1, abs=3e-4)
         assert all(f(e) >= f(e + 1) - 1e-12 for e in range(99))
+
+
+def test_warmup_lasts_at_least_the_minimum_on_tiny_datasets():
+    hyp = load_hyp()
+    assert hyp["warmup_min_iters"] == 100  # YOLOv5's minimum
+    assert warmup_iterations(hyp, 8) == 100  # coco128 at batch 16: 3 epochs would be 24 batches
+    assert warmup_iterations(hyp, 1000) == 3000
+    assert warmup_iterations({**hyp, "warmup_epochs": 0.0}, 8) == 100
+    assert warmup_iterations({**hyp, "warmup_epochs": 0.0, "warmup_min_iters": 0}, 8) == 0
+
+
+def test_accumulation_ramps_to_the_nominal_batch_over_the_warmup():
+    # batch 16, nominal 64: 1 batch per step at first, 4 from the end of the warmup on
+    assert [accumulation(it, 100, 4) for it in (0, 16, 17, 50, 99, 100, 10_000)] == [1, 1, 2, 2, 4, 4, 4]
+    assert accumulation(0, 0, 4) == 4  # no warmup
 
 
 def test_warmup_ramps_lr_and_momentum():
@@ -68,3 +88,54 @@ def test_ema_tracks_the_model():
     assert torch.allclose(ema.ema[0].weight, 0.5 * before + 0.5 * net[0].weight)
     assert not any(p.requires_grad for p in ema.ema.parameters())
 
+
+
+def _stepping_trainer(batches_per_epoch: int, accumulate: int, n_warmup: int):
+    """The real Trainer's epoch loop over a one-weight model and a loader of constant batches, whose
+    loss has gradient 1 per batch: each optimizer step records the gradient it was given."""
+    from types import SimpleNamespace
+
+    from engine.trainer import Trainer
+    from utils.dist import DistInfo
+    from utils.structures import Batch
+
+    t = Trainer.__new__(Trainer)
+    t.model = nn.Linear(1, 1, bias=False)
+    t.optimizer = torch.optim.SGD(t.model.parameters(), lr=0.0)
+    for g in t.optimizer.param_groups:
+        g["initial_lr"] = 0.0
+    steps = []
+    step = t.optimizer.step
+    t.optimizer.step = lambda *a, **k: (steps.append(float(t.model.weight.grad)), step(*a, **k))[1]
+    empty = torch.zeros(0, dtype=torch.int64)
+    batch = Batch(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), empty, empty, torch.zeros(0, 4),
+                  torch.zeros(0, 1, 1, dtype=torch.uint8), [0], [""], [(4, 4)], [((1.0, 1.0), (0.0, 0.0))])
+    t.train_loader = [batch] * batches_per_epoch
+    t.criterion = lambda out, b: (out.sum(), {"loss": out.sum().detach()})
+    t.model.forward = lambda images: t.model.weight.sum() + 0 * images.sum()
+    t.opt = SimpleNamespace(epochs=10, multi_scale=False, log_grads=0)
+    t.dist, t.device, t.amp, t.ema = DistInfo(rank=1, world_size=1), torch.device("cpu"), False, None
+    t.scaler = torch.amp.GradScaler("cuda", enabled=False)
+    t.hyp, t.lf = load_hyp(), lambda e: 1.0
+    t.accumulate, t.n_warmup, t.bad_steps, t.global_step, t.last_opt_step = accumulate, n_warmup, 0, 0, -1
+    t.optimizer.zero_grad(set_to_none=True)
+    return t, steps
+
+
+def test_optimizer_steps_on_the_global_batch_counter_across_epochs():
+    """3 batches an epoch, 4 per step: a step every 4 batches, each summing 4 batches' gradients,
+    the accumulation running on over epoch ends (it used to step, short, at every epoch's end)."""
+    t, steps = _stepping_trainer(batches_per_epoch=3, accumulate=4, n_warmup=0)
+    for epoch in range(4):
+        t.train_one_epoch(epoch)
+    assert steps == [4.0, 4.0, 4.0]  # after batches 4, 8 and 12 of 12
+    assert t.model.weight.grad is None and t.last_opt_step == 11
+
+
+def test_accumulation_grows_during_warmup_then_holds():
+    t, steps = _stepping_trainer(batches_per_epoch=5, accumulate=4, n_warmup=10)
+    for epoch in range(4):
+        t.train_one_epoch(epoch)
+    # per-step batch counts follow accumulation(): 1,1,2 in the first 4 batches, then 2,3,4,...
+    assert steps[:3] == [1.0, 1.0, 2.0] and steps[-1] == 4.0
+    assert sum(steps) <= 20 and 20 - sum(steps) < 4  # every batch counted once, at most 3 still pending

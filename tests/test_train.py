@@ -36,9 +36,9 @@ def _overfit_data(tmp_path: Path, n: int = 6) -> Path:
 
 # every batch steps, no augmentation, and an LR that decays 100x so BatchNorm's running
 # statistics catch up with the weights before the end (eval mode uses them)
-OVERFIT_HYP = {"nominal_batch": 6, "warmup_epochs": 1.0, "lr0": 0.002, "lrf": 0.01, "weight_decay": 0.0, "hsv_h": 0.0,
-               "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "fliplr": 0.0, "mosaic": 0.0,
-               "mixup": 0.0, "copy_paste": 0.0, "close_mosaic": 0}
+OVERFIT_HYP = {"nominal_batch": 6, "warmup_epochs": 1.0, "warmup_min_iters": 0, "lr0": 0.002, "lrf": 0.01,
+               "weight_decay": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0,
+               "fliplr": 0.0, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0, "close_mosaic": 0}
 
 
 def _large_object_images(n: int) -> set[int]:

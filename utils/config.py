@@ -1,6 +1,7 @@
 """YAML loading with clear errors, hyperparameter validation, and the one saved run config."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,12 @@ import yaml
 from utils.paths import REPO_ROOT, resolve_repo_path
 
 DEFAULT_HYP = REPO_ROOT / "cfg" / "hyp" / "hyp.scratch-high.yaml"
+LOG = logging.getLogger("gradpath.config")
+# Keys of the official YOLOv5 / YOLOv7 hyp files that change nothing here: accepted, so those files
+# load as they are, and named in one warning. iou_t: a threshold no loss reads; anchors: a count of
+# anchors per level for AutoAnchor (anchors come from the model cfg or its weights); loss_ota,
+# paste_in: YOLOv7's OTA assignment and paste-in augmentation, not implemented.
+INERT_KEYS = ("iou_t", "anchors", "loss_ota", "paste_in")
 
 
 class ConfigError(ValueError):
@@ -41,12 +48,17 @@ def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
 
 
 def load_hyp(path: str | Path | None = None) -> dict[str, Any]:
-    """The default hyperparameters overridden by `path`; unknown keys and wrong types are errors."""
+    """The default hyperparameters overridden by `path`; unknown keys and wrong types are errors.
+    Official YOLOv5/YOLOv7 files load as they are: their keys without effect here (INERT_KEYS) are
+    named in one warning and dropped; the keys they lack keep the defaults."""
     hyp = load_yaml(DEFAULT_HYP, "hyperparameter")
     if path is None or resolve_repo_path(path).resolve() == DEFAULT_HYP.resolve():
         return hyp
     user = load_yaml(path, "hyperparameter")
+    inert = [k for k in user if k in INERT_KEYS and k not in hyp]
     for key, value in user.items():
+        if key in inert:
+            continue
         if key not in hyp:
             raise ConfigError(f"{path}: unknown hyperparameter '{key}' (known: {', '.join(sorted(hyp))})")
         expected = hyp[key]
@@ -60,6 +72,8 @@ def load_hyp(path: str | Path | None = None) -> dict[str, Any]:
                               f"{'a list of ' + str(len(expected)) + ' numbers' if isinstance(expected, list) else 'a number'}, "
                               f"got {value!r}")
         hyp[key] = value
+    if inert:
+        LOG.warning("%s: %s ignored: no effect in gradpath", path, ", ".join(inert))
     return hyp
 
 

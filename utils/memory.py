@@ -4,12 +4,12 @@ from __future__ import annotations
 import psutil
 
 
-def process_tree_rss(proportional: bool = False) -> int:
-    """Resident memory of this process and its children (dataloader workers), in bytes. The plain
-    sum counts every page the processes share (forked libraries, the label index, batches in
-    shared memory) once per process; proportional=True counts shared pages once in all (PSS,
-    Linux only)."""
-    me = psutil.Process()
+def process_tree_rss(proportional: bool = False, pid: int | None = None) -> int:
+    """Resident memory of this process (or of process `pid`) and its children (dataloader
+    workers), in bytes. The plain sum counts every page the processes share (forked libraries,
+    the label index, batches in shared memory) once per process; proportional=True counts shared
+    pages once in all (PSS, Linux only)."""
+    me = psutil.Process(pid)
     total = 0
     for proc in [me, *me.children(recursive=True)]:
         try:
