@@ -126,7 +126,7 @@ class Trainer:
             self._restore(self.resume_ckpt)
         # the loader's keys carry their epoch: where to start, and when mosaic closes
         self.train_loader.batch_sampler.start_epoch = self.start_epoch
-        self.train_set.mosaic_epochs = max(opt.epochs - self.hyp["close_mosaic"], 0)
+        self.train_set.mosaic_epochs = mosaic_epochs(opt.epochs, int(self.hyp["close_mosaic"]))
         if self.dist.enabled:
             if opt.sync_bn and self.device.type == "cuda":
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -337,6 +337,14 @@ class Trainer:
         print(result.table())
         print(f"Results saved to {self.save_dir}")
         return {"save_dir": str(self.save_dir), "fitness": float(result.fitness), **result.summary()}
+
+
+def mosaic_epochs(epochs: int, close_mosaic: int) -> int:
+    """How many epochs (from the first) train with mosaic: all but the last close_mosaic, when that
+    leaves any. A run no longer than close_mosaic (a short fine-tune under the default 10) keeps
+    mosaic throughout, as the recipe's `mosaic` asks and as a run of the official YOLOv5/YOLOv7
+    code (which never closes it) would; closing it would train the whole run without it."""
+    return epochs - close_mosaic if 0 < close_mosaic < epochs else epochs
 
 
 def multi_scale(images: torch.Tensor, batch: Batch, img_size: int, stride: int) -> tuple[torch.Tensor, Batch]:

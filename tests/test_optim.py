@@ -1,4 +1,4 @@
-"""Optimizer parameter groups, LR schedule, warmup and EMA."""
+"""Optimizer parameter groups, LR schedule, warmup, accumulation, the mosaic schedule and EMA."""
 from __future__ import annotations
 
 import pytest
@@ -139,3 +139,10 @@ def test_accumulation_grows_during_warmup_then_holds():
     # per-step batch counts follow accumulation(): 1,1,2 in the first 4 batches, then 2,3,4,...
     assert steps[:3] == [1.0, 1.0, 2.0] and steps[-1] == 4.0
     assert sum(steps) <= 20 and 20 - sum(steps) < 4  # every batch counted once, at most 3 still pending
+
+
+def test_close_mosaic_never_closes_a_whole_run():
+    from engine.trainer import mosaic_epochs
+
+    assert mosaic_epochs(300, 10) == 290 and mosaic_epochs(11, 10) == 1 and mosaic_epochs(40, 0) == 40
+    assert mosaic_epochs(3, 10) == 3 and mosaic_epochs(10, 10) == 10  # a 3-epoch fine-tune keeps mosaic
