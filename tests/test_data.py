@@ -448,6 +448,11 @@ def test_disk_cache_is_filled_reused_refreshed_and_repaired(tmp_path, monkeypatc
     assert np.array_equal(reader[0], ImageReader(files, shapes, 160, False)[0])
     # other sizes and the training resize get files of their own
     assert ImageReader(files, shapes, 128, True, cache="disk", cache_dir=cache).npy_path(2) != reader.npy_path(2)
+    # so does another rule for the resized size (files written under the old one are not served)
+    before = [reader.npy_path(i) for i in range(3)]
+    monkeypatch.setattr("data.images.resized_shape", lambda h, w, size: (h * size // max(h, w), w * size // max(h, w)))
+    changed = [reader.shape(i) != expected[i].shape[:2] for i in range(3)]
+    assert any(changed) and [reader.npy_path(i) != p for i, p in enumerate(before)] == changed
 
 
 def test_disk_cache_without_room_is_refused(tmp_path, monkeypatch):
