@@ -19,8 +19,8 @@ from engine.options import TrainOptions
 def parse_args(argv: list[str] | None = None) -> TrainOptions:
     d = TrainOptions()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=d.weights, help="initial weights: a gradpath checkpoint (matching layers are loaded)")
-    p.add_argument("--cfg", default=d.cfg, help="model cfg YAML (cfg/models/*.yaml)")
+    p.add_argument("--weights", default=d.weights, help="initial weights: a gradpath or official YOLOv5/YOLOv7 checkpoint (matching layers are loaded)")
+    p.add_argument("--cfg", default=d.cfg, help="model cfg YAML (cfg/models/*.yaml; default: the --weights model, else gp-n-seg)")
     p.add_argument("--data", default=d.data, help="dataset YAML (cfg/data/*.yaml)")
     p.add_argument("--hyp", default=None, help="hyperparameter YAML (default: the data YAML's train_defaults, else cfg/hyp/hyp.scratch-high.yaml)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the data YAML's train_defaults, else 300)")

@@ -1,6 +1,7 @@
 """Rebuild a model from a gradpath checkpoint (state_dict + config; no source code pickled)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,21 @@ import torch
 from torch import nn
 
 from models.model import build_model
+from models.official_io import is_official_checkpoint
 from utils.checkpoint import CheckpointError, load_checkpoint
+
+
+def read_weights(path: str | Path) -> dict[str, Any]:
+    """A gradpath checkpoint dict from a gradpath file, or from an official YOLOv5/YOLOv7 file
+    converted in memory (its code is never imported or run: see models/official_io.py)."""
+    if not is_official_checkpoint(path):
+        return load_checkpoint(path)
+    from models.convert import official_checkpoint
+
+    ckpt, notes = official_checkpoint(path)
+    print(f"{path}: official YOLOv5/YOLOv7 checkpoint, converted in memory"
+          f"{' (' + '; '.join(notes) + ')' if notes else ''}; `python -m models.convert` saves it", file=sys.stderr)
+    return ckpt
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint", use_ema: bool = True) -> nn.Module:
@@ -66,8 +81,8 @@ def load_report(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], li
 
 
 def load_model(weights: str | Path, device: torch.device | str = "cpu", fuse: bool = False) -> tuple[nn.Module, dict]:
-    """(eval-mode float model on `device`, checkpoint dict) from a gradpath .pt file."""
-    ckpt = load_checkpoint(weights)
+    """(eval-mode float model on `device`, checkpoint dict) from a gradpath or official .pt file."""
+    ckpt = read_weights(weights)
     model = model_from_checkpoint(ckpt, weights).float().eval()
     if fuse:
         model = model.fuse()

@@ -9,7 +9,7 @@ class TrainOptions:
     """Every train.py flag; saved with the run as config.yaml['args']."""
 
     weights: str = ""
-    cfg: str = "cfg/models/gp-n-seg.yaml"
+    cfg: str = ""  # "" = the --weights checkpoint's own model, else DEFAULT_CFG
     data: str = "cfg/data/coco-mini.yaml"
     hyp: str | None = None
     epochs: int | None = None
@@ -38,5 +38,6 @@ class TrainOptions:
     patience: int = 0
 
 
+DEFAULT_CFG = "cfg/models/gp-n-seg.yaml"
 # Training defaults where neither the data YAML (its `train_defaults:`) nor a flag sets a value.
 FALLBACK = {"epochs": 300, "batch_size": 16, "img_size": 640, "hyp": "cfg/hyp/hyp.scratch-high.yaml"}

@@ -17,10 +17,10 @@ from tqdm import tqdm
 
 from data.config import load_data_config
 from data.loader import build_dataloader
-from engine.checkpoint import load_state_dict_checked, transfer_weights
+from engine.checkpoint import load_state_dict_checked, read_weights, transfer_weights
 from engine.ema import ModelEMA
 from engine.optim import build_optimizer, lr_lambda, warmup
-from engine.options import FALLBACK, TrainOptions
+from engine.options import DEFAULT_CFG, FALLBACK, TrainOptions
 from engine.results import ResultsLog
 from models.losses import build_criterion
 from models.model import build_model
@@ -56,13 +56,22 @@ class Trainer:
             self.hyp["close_mosaic"] = self.opt.close_mosaic
         seed_everything(self.opt.seed, self.dist.rank)
         nc = 1 if self.opt.single_cls else self.data_cfg.nc
-        model_cfg = self.resume_ckpt["config"]["model"] if self.resume_ckpt else str(resolve_repo_path(self.opt.cfg))
+        self.init_ckpt = read_weights(self.opt.weights) if self.opt.weights and not self.resume_ckpt else None
+        model_cfg = self._model_cfg()
         self.model = build_model(model_cfg, num_classes=nc)  # a bad cfg fails here, before a run folder exists
         self.save_dir = self._run_dir()
         self.weights_dir = self.save_dir / "weights"
         self.amp = self.opt.amp and self.device.type == "cuda"
 
     # ---- setup -------------------------------------------------------------------------
+    def _model_cfg(self) -> str | dict:
+        """The resumed run's model, else --cfg, else the --weights checkpoint's own, else the default."""
+        if self.resume_ckpt:
+            return self.resume_ckpt["config"]["model"]
+        if not self.opt.cfg and self.init_ckpt and "model" in self.init_ckpt.get("config", {}):
+            return self.init_ckpt["config"]["model"]
+        return str(resolve_repo_path(self.opt.cfg or DEFAULT_CFG))
+
     def _resume_checkpoint(self) -> dict:
         path = Path(self.opt.resume) if self.opt.resume not in ("True", "last") else _newest_last(self.opt.project)
         ckpt = load_checkpoint(path)
@@ -97,8 +106,8 @@ class Trainer:
         self.stride = int(max(self.model.stride))
         if opt.img_size % self.stride:
             raise ConfigError(f"--img-size {opt.img_size}: must be a multiple of the model stride {self.stride}")
-        if opt.weights and not self.resume_ckpt:
-            ckpt = load_checkpoint(opt.weights)
+        if self.init_ckpt is not None:
+            ckpt, self.init_ckpt = self.init_ckpt, None
             loaded, total, differ = transfer_weights(self.model, ckpt.get("ema") or ckpt["model"])
             LOG.info("transferred %d/%d tensors from %s%s", loaded, total, opt.weights,
                      f" (layers that differ from --cfg: {differ})" if differ else "")

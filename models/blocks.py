@@ -107,6 +107,35 @@ class MaxPoolDown(nn.Module):
         return self.m(x)
 
 
+class MaxPoolSame(nn.Module):
+    """k x k max-pool at stride 1, padded to keep the size (YOLOv7-tiny's SPP branches)."""
+
+    def __init__(self, k: int = 3):
+        super().__init__()
+        self.m = nn.MaxPool2d(k, 1, k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(x)
+
+
+class SpaceToDepth(nn.Module):
+    """2x2 space-to-depth (YOLOv7-W6's ReOrg stem): (B,C,H,W) -> (B,4C,H/2,W/2), the four pixel
+    phases in the order top-left, bottom-left, top-right, bottom-right."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+
+
+class Sum(nn.Module):
+    """Elementwise sum of its inputs (YOLOv7-E6E adds two parallel ELAN blocks)."""
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
 class Upsample(nn.Module):
     def __init__(self, scale: int = 2):
         super().__init__()

@@ -52,34 +52,53 @@ class HeadBase(nn.Module, abc.ABC):
 
 
 class AnchorHead(HeadBase):
-    """YOLOR/YOLOv5 r6.2 anchor-based head. With `implicit` (YOLOR) each level's 1x1 prediction
-    conv is wrapped in implicit knowledge, ImplicitA added before and ImplicitM multiplied after;
-    without it (YOLOv5 baselines) the conv is used alone."""
+    """YOLOR/YOLOv5 r6.2 anchor-based head. `implicit`: True (YOLOR/YOLOv7 IDetect) wraps each level's
+    1x1 prediction conv in implicit knowledge, ImplicitA added before and ImplicitM multiplied after;
+    "a" adds ImplicitA only (YOLOv7-seg's ISegment, whose forward never applies its ImplicitM);
+    False (YOLOv5) uses the conv alone. `aux` (YOLOv7-W6 and larger): the inputs after the first
+    len(anchors) feed auxiliary 1x1 prediction convs, trained as extra heads and unused at inference."""
 
     kind = "anchor"
+    IMPLICIT = (True, False, "a")
 
     def __init__(self, nc: int, anchors: list[list[float]], nm: int = 32, npr: int = 256, ch: list[int] = (),
-                 implicit: bool = True):
-        super().__init__(nc, nm, npr, ch)
+                 implicit: bool | str = True, aux: bool = False):
+        if implicit not in self.IMPLICIT:
+            raise ValueError(f"implicit must be one of {self.IMPLICIT}, got {implicit!r}")
+        nl = len(anchors)
+        if len(ch) != nl * (2 if aux else 1):
+            raise ValueError(f"{len(ch)} inputs for {nl} anchor levels{' and as many auxiliary ones' if aux else ''}")
+        main, extra = list(ch[:nl]), list(ch[nl:])
+        super().__init__(nc, nm, npr, main)
         self.na = len(anchors[0]) // 2
         self.no = 5 + nc + nm
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(self.nl, self.na, 2))
-        self.ia = nn.ModuleList((ImplicitA(c) if implicit else nn.Identity()) for c in ch)
-        self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
-        self.im = nn.ModuleList((ImplicitM(self.no * self.na) if implicit else nn.Identity()) for _ in ch)
+        self.ia = nn.ModuleList((ImplicitA(c) if implicit else nn.Identity()) for c in main)
+        self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in main)
+        self.im = nn.ModuleList((ImplicitM(self.no * self.na) if implicit is True else nn.Identity()) for _ in main)
+        self.aux = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in extra) if aux else None
+
+    def _shape(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, na*no, h, w) -> (B, na, h, w, no)"""
+        b, _, h, w = y.shape
+        return y.view(b, self.na, self.no, h, w).permute(0, 1, 3, 4, 2).contiguous()
 
     def level_outputs(self, xs):
-        out = []
-        for i, x in enumerate(xs):
-            y = self.im[i](self.m[i](self.ia[i](x)))
-            b, _, h, w = y.shape
-            out.append(y.view(b, self.na, self.no, h, w).permute(0, 1, 3, 4, 2).contiguous())
+        return [self._shape(self.im[i](self.m[i](self.ia[i](xs[i])))) for i in range(self.nl)]
+
+    def forward(self, xs: list[torch.Tensor]):
+        out = super().forward(xs)
+        if self.training and self.aux is not None:
+            out.aux = [self._shape(conv(x)) for conv, x in zip(self.aux, xs[self.nl:])]
         return out
 
     def head_output(self, preds, proto):
         return HeadOutput("anchor", preds, proto, self.strides, self.anchors, 0, self.nc, self.nm)
 
-    def decode(self, preds):
+    def decode_raw(self, preds: list[torch.Tensor]) -> torch.Tensor:
+        """(B, N, 5 + nc + nm): cx, cy, w, h in input pixels, objectness, class probabilities (not
+        multiplied by objectness), raw mask coefficients; rows level by level, then anchor, grid row,
+        grid column. This is the official YOLOv5/YOLOv7 inference layout."""
         outs = []
         for i, p in enumerate(preds):
             b, na, h, w, no = p.shape
@@ -87,15 +106,19 @@ class AnchorHead(HeadBase):
             g = self.grid(h, w, p.device, p.dtype).view(1, 1, h, w, 2)
             xy = (p[..., :2].sigmoid() * 2 - 0.5 + g) * self.strides[i]
             wh = (p[..., 2:4].sigmoid() * 2) ** 2 * self.anchors[i].view(1, na, 1, 1, 2)
-            scores = p[..., 4:5].sigmoid() * p[..., 5:5 + self.nc].sigmoid()
-            box = torch.cat((xy - wh / 2, xy + wh / 2), -1)
-            outs.append(torch.cat((box, scores, p[..., 5 + self.nc:]), -1).view(b, -1, 4 + self.nc + self.nm))
+            outs.append(torch.cat((xy, wh, p[..., 4:5 + self.nc].sigmoid(), p[..., 5 + self.nc:]), -1).view(b, -1, no))
         return torch.cat(outs, 1)
+
+    def decode(self, preds):
+        raw = self.decode_raw(preds)
+        xy, wh = raw[..., :2], raw[..., 2:4]
+        scores = raw[..., 4:5] * raw[..., 5:5 + self.nc]
+        return torch.cat((xy - wh / 2, xy + wh / 2, scores, raw[..., 5 + self.nc:]), -1)
 
     @torch.no_grad()
     def init_biases(self, class_prior: float | None = None) -> None:
         """Objectness for ~8 objects per 640 image, classes at a 0.6/nc prior."""
-        for conv, s in zip(self.m, self.strides):
+        for conv, s in zip([*self.m, *(self.aux or [])], [*self.strides, *(self.strides if self.aux else [])]):
             b = conv.bias.view(self.na, -1)
             b[:, 4] += math.log(8 / (640 / float(s)) ** 2)
             b[:, 5:5 + self.nc] += math.log(class_prior or 0.6 / (self.nc - 0.99))

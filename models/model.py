@@ -23,7 +23,25 @@ class Model(nn.Module):
         self.keep = {j if j >= 0 else i + j for i, f in enumerate(self.froms)
                      for j in ([f] if isinstance(f, int) else f) if not (isinstance(f, int) and f == -1)}
         self.nc, self.nm = self.head.nc, self.head.nm
+        self.aux_only = self._aux_only_layers()
         self._init_strides()
+
+    def _resolved(self, i: int) -> list[int]:
+        f = self.froms[i]
+        return [j if j >= 0 else i + j for j in ([f] if isinstance(f, int) else f)]
+
+    def _aux_only_layers(self) -> set[int]:
+        """Layers that feed only auxiliary head inputs: skipped at inference (eval mode)."""
+        last = len(self.layers) - 1
+        if getattr(self.head, "aux", None) is None:
+            return set()
+        needed, todo = set(), self._resolved(last)[:self.head.nl]
+        while todo:
+            j = todo.pop()
+            if j >= 0 and j not in needed:
+                needed.add(j)
+                todo += self._resolved(j)
+        return set(range(last)) - needed
 
     def _init_strides(self) -> None:
         size = 128
@@ -49,6 +67,9 @@ class Model(nn.Module):
         """x: float (B,3,H,W) in 0..1. Train: HeadOutput. Eval: (pred (B,N,4+nc+nm), proto)."""
         outputs: list[torch.Tensor | None] = []
         for i, (layer, f) in enumerate(zip(self.layers, self.froms)):
+            if not self.training and i in self.aux_only:
+                outputs.append(None)
+                continue
             if isinstance(f, list):
                 inp = [x if j == -1 else outputs[j if j >= 0 else i + j] for j in f]
             elif f != -1:

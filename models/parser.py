@@ -62,7 +62,11 @@ REGISTRY: dict[str, BlockSpec] = {
     "SPPF": BlockSpec(blocks.SPPF, (0,), 2),
     "SPPCSPC": BlockSpec(stages.SPPCSPC, (0,), 2),
     "MPDown": BlockSpec(stages.MPDown, (0,), 1),
+    "DownC": BlockSpec(stages.DownC, (0,), 2),
     "MP": BlockSpec(blocks.MaxPoolDown, (), 1, _same, takes_channels=False),
+    "SP": BlockSpec(blocks.MaxPoolSame, (), 1, _same, takes_channels=False),
+    "ReOrg": BlockSpec(blocks.SpaceToDepth, (), 0, lambda ch, a: 4 * ch[0], takes_channels=False),
+    "Sum": BlockSpec(blocks.Sum, (), 0, _same, takes_channels=False),
     "Upsample": BlockSpec(blocks.Upsample, (), 1, _same, takes_channels=False),
     "Concat": BlockSpec(blocks.Concat, (), 1, lambda ch, a: sum(ch), takes_channels=False),
 }
@@ -135,13 +139,14 @@ def _build_head(name: str, args: list, ch_in: list[int], width: float, cfg: dict
     nc = cfg.get("nc", 80)
     args = [nc if a == "nc" else a for a in args]
     try:
-        if name == "AnchorHead":  # [nc, anchors, nm, npr, implicit]
-            if len(args) > 5:
-                raise CfgError(f"{where}: AnchorHead takes at most 5 args [nc, anchors, nm, npr, implicit]")
-            nc_, anchors, nm, npr, implicit = (args + [32, 256, True][len(args) - 2:])[:5]
-            if not (isinstance(anchors, list) and len(anchors) == len(ch_in)):
-                raise CfgError(f"{where}: AnchorHead needs one anchor list per input level ({len(ch_in)})")
-            return heads.AnchorHead(nc_, anchors, nm, scale_width(npr, width) if nm else 0, ch_in, bool(implicit))
+        if name == "AnchorHead":  # [nc, anchors, nm, npr, implicit, aux]
+            if len(args) > 6:
+                raise CfgError(f"{where}: AnchorHead takes at most 6 args [nc, anchors, nm, npr, implicit, aux]")
+            nc_, anchors, nm, npr, implicit, aux = (args + [32, 256, True, False][len(args) - 2:])[:6]
+            levels = len(ch_in) // 2 if aux else len(ch_in)
+            if not (isinstance(anchors, list) and len(anchors) == levels):
+                raise CfgError(f"{where}: AnchorHead needs one anchor list per input level ({levels})")
+            return heads.AnchorHead(nc_, anchors, nm, scale_width(npr, width) if nm else 0, ch_in, implicit, bool(aux))
         nc_, nm, npr, reg_max = (args + [32, 256, 16])[:4]  # AnchorFreeHead: [nc, nm, npr, reg_max]
         return heads.AnchorFreeHead(nc_, nm, scale_width(npr, width) if nm else 0, reg_max, ch_in)
     except (TypeError, ValueError) as e:

@@ -213,15 +213,23 @@ class SPPCSPC(nn.Module):
 
 class MPDown(nn.Module):
     """YOLOv7's stride-2 transition: a max-pool + 1x1 branch and a 1x1 + 3x3 stride-2 branch,
-    c2/2 channels each, concatenated (conv branch first)."""
+    c2/2 channels each, concatenated (conv branch first). `c_mid`: the conv branch's 1x1 width
+    (default c2/2); `k`: the pool size and stride."""
 
-    def __init__(self, c1: int, c2: int, act: str = "silu"):
+    def __init__(self, c1: int, c2: int, act: str = "silu", c_mid: int | None = None, k: int = 2):
         super().__init__()
         c_ = c2 // 2
-        self.pool = nn.MaxPool2d(2, 2)
+        self.pool = nn.MaxPool2d(k, k)
         self.cv1 = Conv(c1, c_, 1, act=act)
-        self.cv2 = Conv(c1, c_, 1, act=act)
-        self.cv3 = Conv(c_, c_, 3, 2, act=act)
+        self.cv2 = Conv(c1, c_mid or c_, 1, act=act)
+        self.cv3 = Conv(c_mid or c_, c_, 3, k, act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat((self.cv3(self.cv2(x)), self.cv1(self.pool(x))), 1)
+
+
+class DownC(MPDown):
+    """YOLOv7-E6/D6/E6E's stride-k transition: MPDown whose conv branch keeps the input width."""
+
+    def __init__(self, c1: int, c2: int, k: int = 2, act: str = "silu"):
+        super().__init__(c1, c2, act, c_mid=c1, k=k)

@@ -199,3 +199,21 @@ def test_quick_metrics_and_confusion_matrix():
     expected[1, 3] = 1   # false positive of class 1
     expected[3, 2] = 1   # class 2 missed (its detection is below the confidence)
     assert (cm.matrix == expected).all()
+
+
+def test_paper_tables_on_bundled_data(tmp_path):
+    """The Table 8 script validates every checkpoint in a folder (here a freshly built gp-n-seg)."""
+    from models.model import build_model
+    from utils.checkpoint import save_checkpoint
+
+    root = Path(__file__).resolve().parents[1]
+    model = build_model(root / "cfg/models/gp-n-seg.yaml")
+    save_checkpoint({"model": model.state_dict(), "ema": None,
+                     "config": {"model": model.yaml, "nc": 80, "names": [str(i) for i in range(80)]}},
+                    tmp_path / "weights" / "gp-n-seg.pt")
+    r = subprocess.run([sys.executable, str(root / "benchmarks/paper_tables.py"), "--weights-dir", str(tmp_path / "weights"),
+                        "--data", str(root / "cfg/data/coco-mini.yaml"), "--img-size", "128", "--batch-size", "8",
+                        "--device", "cpu"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = [line for line in r.stdout.splitlines() if line.startswith("| gp-n-seg.pt")]
+    assert row and "| gp-n-seg |" in row[0] and "12.9 (-)" in row[0]

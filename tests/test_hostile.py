@@ -58,8 +58,8 @@ def test_code_running_checkpoint_refused_everywhere(tmp_path):
         r = _run(script, *args, cwd=tmp_path)
         assert r.returncode == 2 and "refused" in r.stderr, (script, r.stderr[-1500:])
         assert len(r.stderr.strip().splitlines()) <= 3, (script, r.stderr)
-    r = subprocess.run([sys.executable, "-m", "models.convert", str(evil), "--cfg", "cfg/models/gp-n-seg.yaml",
-                        "--out", str(tmp_path / "o.pt")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "models.convert", str(evil), "--out", str(tmp_path / "o.pt")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "refused" in r.stderr
     assert not marker.exists()
 

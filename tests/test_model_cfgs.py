@@ -37,9 +37,42 @@ PAPER_SIZES = {
 }
 
 
+# The official models users fine-tune: (GFLOPs, at image size, parameters of the inference model: BN and
+# RepConv folded, auxiliary heads left out), as the official READMEs print them (YOLOv5 v6.0/v7.0,
+# YOLOv7); yolov5l-seg / yolov5x-seg are in PAPER_SIZES.
+OFFICIAL_SIZES = {
+    "yolov5n": (4.5, 640, 1.9e6), "yolov5s": (16.5, 640, 7.2e6), "yolov5m": (49.0, 640, 21.2e6),
+    "yolov5l": (109.1, 640, 46.5e6), "yolov5x": (205.7, 640, 86.7e6),
+    "yolov5n-seg": (7.1, 640, 2.0e6), "yolov5s-seg": (26.4, 640, 7.6e6), "yolov5m-seg": (70.8, 640, 22.0e6),
+    "yolov7": (104.7, 640, 36.9e6), "yolov7x": (189.9, 640, 71.3e6), "yolov7-tiny": (13.8, 640, 6.2e6),
+    "yolov7-w6": (360.0, 1280, 70.4e6),
+}
+
+
 def test_every_cfg_in_the_repo_has_a_size_row():
     cfgs = {p.stem for p in (ROOT / "cfg/models").glob("*.yaml")}
-    assert cfgs - {"gp-n-seg"} == set(PAPER_SIZES)
+    assert cfgs - {"gp-n-seg"} == set(PAPER_SIZES) | set(OFFICIAL_SIZES)
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_SIZES))
+def test_official_cfg_sizes_and_fused_outputs(name):
+    """Within 2.5% of the official GFLOPs (YOLOv7's are printed after RepConv folding, which we count
+    before) and 3% of the printed (rounded) parameters; fuse() keeps the outputs."""
+    torch.manual_seed(0)
+    model = build_model(ROOT / "cfg/models" / f"{name}.yaml")
+    gflops, size, params = OFFICIAL_SIZES[name]
+    assert abs(model.info(size)["gflops"] / gflops - 1) < 0.025
+    model.eval()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        pred, _ = model(x)
+        fused = model.fuse()
+        fused_pred, _ = fused(x)
+    aux = {id(p) for j in model.aux_only for p in model.layers[j].parameters()}
+    aux |= {id(p) for p in (model.head.aux.parameters() if model.head.aux is not None else [])}
+    inference = sum(p.numel() for p in fused.parameters() if id(p) not in aux)
+    assert abs(inference / params - 1) < 0.03, f"{name}: {inference / 1e6:.2f}M vs {params / 1e6}M"
+    assert torch.allclose(pred, fused_pred, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_SIZES))
@@ -169,7 +202,7 @@ def test_summary_cli_totals_match_info(capsys):
 
     assert main([str(ROOT / "cfg/models/yolor-elan-seg.yaml"), "--img-size", "640"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == "32 layers, 38,292,506 parameters (38.29M), 143.23 GFLOPs at 640"
+    assert out[-1] == "32 layers, 38,291,453 parameters (38.29M), 143.23 GFLOPs at 640"
     row4 = next(line for line in out if line.lstrip().startswith("4 "))
     assert "ELAN" in row4 and "256x160x160" in row4
     assert main([str(ROOT / "cfg/models/nope.yaml")]) == 2

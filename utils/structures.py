@@ -69,6 +69,7 @@ class HeadOutput:
     anchor-free:  preds[i] is (B, 4*reg_max + nc + nm, H_i, W_i) [ltrb bins.., cls.., coef..].
     proto: (B, nm, H/4, W/4) mask prototypes, or None for a detection-only head.
     strides: float (nl,). anchors: float (nl, na, 2) in pixels, or None for anchor-free.
+    aux: the auxiliary heads' preds (anchor-based, same layout and levels as preds), or None.
     """
 
     kind: str  # "anchor" or "anchor_free"
@@ -79,6 +80,7 @@ class HeadOutput:
     reg_max: int = 0
     nc: int = 80
     nm: int = 0
+    aux: list[Tensor] | None = None
 
 
 @dataclass
