@@ -21,7 +21,7 @@ SAMPLES = ROOT / "datasets" / "coco-mini" / "images"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="", help="checkpoint .pt or exported .onnx (default: newest best.pt)")
+    p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 .pt, or exported .onnx (default: newest best.pt)")
     p.add_argument("--source", default=str(SAMPLES), help="file, folder, glob, .txt list, video, webcam index or URL")
     p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="default: the training size")
     p.add_argument("--conf-thres", type=float, default=0.25)

@@ -12,7 +12,7 @@ import sys
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="gradpath checkpoint (.pt)")
+    p.add_argument("--weights", required=True, help="gradpath or official YOLOv5/YOLOv7 checkpoint (.pt)")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="default: the training size")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and image size")

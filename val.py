@@ -16,7 +16,7 @@ from pathlib import Path
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="", help="gradpath checkpoint (.pt)")
+    p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 checkpoint (.pt)")
     p.add_argument("--data", default="", help="dataset YAML (default: the one the checkpoint was trained on)")
     p.add_argument("--batch-size", type=int, default=32,
                    help="images per batch; rectangular batches are shaped by their images, so AP depends on it "

@@ -3,7 +3,9 @@
 `build_criterion(hyp, kind, img_size)` -> a callable `criterion(outputs, batch) -> (loss, terms)`:
 `loss` is the gained sum times the batch size (the YOLOv5 convention the SGD recipe is tuned for);
 `terms` holds the detached, gained per-term values before that multiplication.
-Seg loss gain = hyp["seg"] * the box gain of the head (as YOLOv5 r6.2 seg does with its box gain).
+Seg loss gain = hyp["seg"] * the box gain of the head (as YOLOv5 r6.2 seg does with its box gain); the
+mask term is normalised as each head's reference does (anchor-based: YOLOv5-seg, per level and image;
+anchor-free: Ultralytics, over all positives).
 """
 from __future__ import annotations
 
@@ -87,13 +89,28 @@ class AnchorLoss(Criterion):
 
     def terms(self, outputs: HeadOutput, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
         preds = [p.float() for p in outputs.preds]
+        gains = self._gains(len(preds), outputs.nc)
+        lbox, lobj, lcls, lseg = self._levels(preds, outputs, batch, with_masks=outputs.proto is not None)
+        out = {"box": lbox * gains["box"], "obj": lobj * gains["obj"], "cls": lcls * gains["cls"]}
+        aux = [p.float() for p in outputs.aux or []]
+        if aux:  # YOLOv7's auxiliary heads: the same terms on the same targets, at a quarter weight
+            abox, aobj, acls, _ = self._levels(aux, outputs, batch, with_masks=False)
+            out = {"box": out["box"] + 0.25 * abox * gains["box"], "obj": out["obj"] + 0.25 * aobj * gains["obj"],
+                   "cls": out["cls"] + 0.25 * acls * gains["cls"]}
+        if outputs.proto is not None:
+            out["seg"] = lseg * gains["seg"]
+        return out, _zero_touch(outputs, preds + aux)
+
+    def _levels(self, preds: list[Tensor], outputs: HeadOutput, batch: Batch, with_masks: bool
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Ungained (box, obj, cls, seg) summed over levels. The mask term is YOLOv5-seg's: per level
+        and image the mean over that image's positives, summed, divided by the batch size."""
         nl, nc, dev = len(preds), outputs.nc, preds[0].device
-        gains, balance = self._gains(nl, nc), self._balance(nl)
+        balance = self._balance(nl)
         eps = self.hyp["label_smoothing"]
         cp, cn = 1.0 - 0.5 * eps, 0.5 * eps
         xywh = xyxy_to_xywh(batch.boxes.float().to(dev))
-        lbox, lobj, lcls = (torch.zeros((), device=dev) for _ in range(3))
-        pos_coef, pos_img, pos_tgt = [], [], []
+        lbox, lobj, lcls, lseg = (torch.zeros((), device=dev) for _ in range(4))
         for i, p in enumerate(preds):
             stride = float(outputs.strides[i])
             m = match_anchors(xywh / stride, batch.batch_idx.to(dev), outputs.anchors[i].float().to(dev) / stride,
@@ -111,14 +128,18 @@ class AnchorLoss(Criterion):
                 tcls = torch.full((len(ps), nc), cn, device=dev)
                 tcls[torch.arange(len(ps), device=dev), batch.classes.to(dev)[m.target]] = cp
                 lcls = lcls + bce(ps[:, 5:5 + nc], tcls, self.hyp["cls_pw"], self.hyp["fl_gamma"]).mean()
-                pos_coef.append(ps[:, 5 + nc:])
-                pos_img.append(m.image)
-                pos_tgt.append(m.target)
+                if with_masks:
+                    per = _seg_losses(outputs, batch, ps[:, 5 + nc:], m.image, m.target)
+                    lseg = lseg + _per_image_mean(per, m.image, p.shape[0]).sum()
             lobj = lobj + bce(p[..., 4], tobj, self.hyp["obj_pw"], self.hyp["fl_gamma"]).mean() * balance[i]
-        out = {"box": lbox * gains["box"], "obj": lobj * gains["obj"], "cls": lcls * gains["cls"]}
-        if outputs.proto is not None:
-            out["seg"] = _seg_term(outputs, batch, pos_coef, pos_img, pos_tgt) * gains["seg"]
-        return out, _zero_touch(outputs, preds)
+        return lbox, lobj, lcls, lseg / preds[0].shape[0]
+
+
+def _per_image_mean(values: Tensor, img: Tensor, b: int) -> Tensor:
+    """(N,) values of positives in images `img` -> (b,) per-image means (0 for images without any)."""
+    sums = values.new_zeros(b).index_add_(0, img, values)
+    counts = torch.bincount(img, minlength=b).clamp(min=1)
+    return sums / counts
 
 
 class AnchorFreeLoss(Criterion):
@@ -150,13 +171,13 @@ class AnchorFreeLoss(Criterion):
             target_dist = bbox_to_dist(points[a_idx], t.boxes[t.fg]) / steps[a_idx]
             ldfl = (dfl_loss(dist_logits[t.fg], target_dist.clamp(0, r - 1 - 0.01)) * w).sum() / norm
         out = {"box": lbox * self.hyp["box_af"], "cls": lcls * self.hyp["cls_af"], "dfl": ldfl * self.hyp["dfl"]}
-        if outputs.proto is not None:
-            coefs, imgs, tgts = [], [], []
+        if outputs.proto is not None:  # the mean over all positives, as Ultralytics' anchor-free seg loss
+            per = outputs.proto.new_zeros(0)
             if t.fg.any():
-                coefs.append(coef[t.fg])
-                imgs.append(torch.arange(b, device=dev)[:, None].expand(-1, t.fg.shape[1])[t.fg])
-                tgts.append(gt_index.gather(1, t.target)[t.fg])
-            out["seg"] = _seg_term(outputs, batch, coefs, imgs, tgts) * self.hyp["seg"] * self.hyp["box_af"]
+                imgs = torch.arange(b, device=dev)[:, None].expand(-1, t.fg.shape[1])[t.fg]
+                per = _seg_losses(outputs, batch, coef[t.fg], imgs, gt_index.gather(1, t.target)[t.fg])
+            lseg = per.float().mean() if len(per) else per.new_zeros(())
+            out["seg"] = lseg * self.hyp["seg"] * self.hyp["box_af"]
         return out, _zero_touch(outputs, preds)
 
 
@@ -201,46 +222,45 @@ def _pad_targets(batch: Batch, b: int, dev: torch.device) -> tuple[Tensor, Tenso
     return boxes, labels, valid, index
 
 
-def _seg_term(outputs: HeadOutput, batch: Batch, coef: list[Tensor], img: list[Tensor], tgt: list[Tensor]) -> Tensor:
-    """Mask loss of all positives (coefficients concatenated over levels), zero when there are none."""
+def _seg_losses(outputs: HeadOutput, batch: Batch, coef: Tensor, img: Tensor, tgt: Tensor) -> Tensor:
+    """(N,) mask loss of each positive (coefficients coef (N,nm) in image img, of instance tgt)."""
     proto = outputs.proto.float()
-    if not coef:
-        return proto.new_zeros(())
     h, w = _input_hw(outputs)
     masks = batch.masks.to(proto.device)
     if masks.shape[-2:] != proto.shape[-2:]:  # e.g. a batch collated at another size
         masks = F.interpolate(masks[None].float(), size=proto.shape[-2:], mode="nearest")[0]
     scale = proto.new_tensor([proto.shape[-1] / w, proto.shape[-2] / h] * 2)
     boxes = batch.boxes.to(proto.device).float() * scale
-    return mask_loss(torch.cat(coef), proto, torch.cat(img), torch.cat(tgt), masks, boxes)
+    return mask_losses(coef.float(), proto, img, tgt, masks, boxes)
 
 
 def box_crop(boxes: Tensor, h: int, w: int) -> Tensor:
-    """boxes: (N,4) xyxy pixels -> (N,h,w) bool, True at pixels whose centre lies in the box."""
-    ys = torch.arange(h, device=boxes.device, dtype=boxes.dtype)[None, :, None] + 0.5
-    xs = torch.arange(w, device=boxes.device, dtype=boxes.dtype)[None, None, :] + 0.5
+    """boxes: (N,4) xyxy pixels -> (N,h,w) bool, True at pixels whose index lies in [x1, x2) x [y1, y2)
+    (the convention of the YOLOv5 and Ultralytics mask losses, which the loss parity tests hold)."""
+    ys = torch.arange(h, device=boxes.device, dtype=boxes.dtype)[None, :, None]
+    xs = torch.arange(w, device=boxes.device, dtype=boxes.dtype)[None, None, :]
     x1, y1, x2, y2 = (boxes[:, i, None, None] for i in range(4))
     return (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)
 
 
-def mask_loss(coef: Tensor, proto: Tensor, img: Tensor, tgt: Tensor, masks: Tensor, boxes: Tensor) -> Tensor:
-    """Mean over positives of the BCE summed inside the gt box / box area (all at proto resolution).
+def mask_losses(coef: Tensor, proto: Tensor, img: Tensor, tgt: Tensor, masks: Tensor, boxes: Tensor) -> Tensor:
+    """(N,) per positive: the BCE summed inside its gt box / the box's area (all at proto resolution).
 
     coef: (N,nm) per-positive coefficients; proto: (B,nm,h,w); img: (N,) image of each positive;
     tgt: (N,) instance index; masks: (M,h,w) gt masks; boxes: (M,4) xyxy in proto pixels."""
+    out = proto.new_zeros(len(coef))
     if len(coef) == 0:
-        return proto.new_zeros(())
+        return out
     h, w = proto.shape[-2:]
-    total = proto.new_zeros(())
     for b in img.unique().tolist():  # per image: bounds the (n,h,w) temporaries
         sel = img == b
         logits = (coef[sel] @ proto[b].flatten(1)).view(-1, h, w)
         t = tgt[sel]
         loss = F.binary_cross_entropy_with_logits(logits, masks[t].float(), reduction="none")
         box = boxes[t]
-        area = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).clamp(min=1.0)  # >= 1 proto pixel
-        total = total + ((loss * box_crop(box, h, w)).sum((1, 2)) / area).sum()
-    return total / len(coef)
+        area = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).clamp(min=1e-9)
+        out[sel] = (loss * box_crop(box, h, w)).sum((1, 2)) / area
+    return out
 
 
 def build_criterion(hyp: dict, kind: str, img_size: int = 640) -> Criterion:

@@ -226,3 +226,26 @@ def test_real_segmentation_files_pickle_getattr_and_load(tmp_path):
     assert head_state["detect"].qualname == "models.yolo.Detect.forward"
     with pytest.raises(pickle.UnpicklingError):  # the stand-in is not what torch's safe loader accepts
         torch.load(official("yolov5n-seg"), weights_only=True)
+
+
+def test_w6_aux_heads_get_a_quarter_weighted_loss():
+    """Training a converted W6: the aux heads' terms are added at 0.25 and their convs receive gradients."""
+    import yaml
+
+    from models.losses import build_criterion
+    from utils.structures import Batch
+
+    model, _ = build_from_official(read_official(official("yolov7-w6-w025")))
+    hyp = yaml.safe_load((ROOT / "cfg/hyp/hyp.scratch-high.yaml").read_text())
+    boxes = torch.tensor([[20.0, 30.0, 90.0, 100.0], [60.0, 10.0, 120.0, 50.0]])
+    batch = Batch(torch.zeros(2, 3, 128, 128, dtype=torch.uint8), torch.tensor([0, 1]), torch.tensor([0, 5]), boxes,
+                  torch.zeros(2, 32, 32, dtype=torch.uint8), [0, 1], ["", ""], [(128, 128)] * 2, [((1.0, 1.0), (0.0, 0.0))] * 2)
+    torch.manual_seed(0)
+    out = model.train()(torch.rand(2, 3, 128, 128))
+    crit = build_criterion(hyp, "anchor", 128)
+    loss, terms = crit(out, batch)
+    loss.backward()
+    assert all(conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0 for conv in model.head.aux)
+    out.aux = None
+    _, main_only = crit(out, batch)
+    assert all(terms[k] > main_only[k] for k in ("box", "obj", "cls"))

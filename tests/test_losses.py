@@ -10,7 +10,7 @@ import yaml
 
 from models.assigners import TaskAlignedAssigner, match_anchors
 from models.iou import anchor_points, bbox_iou, bbox_to_dist
-from models.losses import box_crop, build_criterion, dfl_loss, mask_loss
+from models.losses import box_crop, build_criterion, dfl_loss, mask_losses
 from utils.structures import Batch, HeadOutput
 
 STRIDES = torch.tensor([8.0, 16.0, 32.0])
@@ -232,16 +232,16 @@ def test_mask_loss_cropped_to_box_and_area_normalised():
     box = torch.tensor([[2.0, 4.0, 10.0, 12.0]])
     proto = torch.stack((gt[0].float() * 2 - 1, torch.ones(h, w)))[None]  # (1,2,h,w)
     args = (proto, torch.tensor([0]), torch.tensor([0]), gt, box)
-    good = mask_loss(torch.tensor([[10.0, 0.0]]), *args)
-    flat = mask_loss(torch.tensor([[0.0, 0.0]]), *args)
+    good = mask_losses(torch.tensor([[10.0, 0.0]]), *args)
+    flat = mask_losses(torch.tensor([[0.0, 0.0]]), *args)
     assert flat.item() == pytest.approx(math.log(2), rel=1e-5)  # per-pixel BCE log 2, area 64 of 64 pixels
     assert good.item() < 1e-3
     gt2 = gt.clone()
     gt2[0, :, 12:] = 1  # wrong outside the box: must not count
-    assert mask_loss(torch.tensor([[10.0, 0.0]]), proto, torch.tensor([0]), torch.tensor([0]), gt2, box).item() \
+    assert mask_losses(torch.tensor([[10.0, 0.0]]), proto, torch.tensor([0]), torch.tensor([0]), gt2, box).item() \
         == pytest.approx(good.item(), abs=1e-7)
     assert box_crop(box, h, w).sum().item() == 64
-    assert mask_loss(torch.zeros((0, 2)), *args).item() == 0
+    assert mask_losses(torch.zeros((0, 2)), *args).shape == (0,)
 
 
 def test_errors_name_the_problem(hyp):
