@@ -18,7 +18,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 checkpoint (.pt)")
     p.add_argument("--data", default="", help="dataset YAML (default: the one the checkpoint was trained on)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="images per batch; rectangular batches are shaped by their images, so AP depends on it "
+                        "(32, as the official val.py)")
     p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="default: the training size")
     p.add_argument("--conf-thres", type=float, default=0.001)
     p.add_argument("--iou-thres", type=float, default=0.65, help="NMS IoU")

@@ -27,15 +27,19 @@ class UnreadableImage(OSError):
 
 
 def resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
-    r = size / max(h, w, 1)
-    return (round(h * r), round(w * r)) if r != 1 else (h, w)
+    """(h, w) with the long side `size` and the short side rounded up, as the official loaders
+    size it (dev32 box AP: +0.0004 over rounding to nearest). Integer arithmetic, so an exact
+    product stays exact: in floats 147 * (320 / 147) rounds up to 321."""
+    m = max(h, w, 1)
+    return (-(-h * size // m), -(-w * size // m)) if m != size else (h, w)
 
 
 class ImageReader:
     """images[i]: image i as BGR uint8 (h, w, 3), resized so that its long side is img_size.
 
     Training upsamples and downsamples with INTER_LINEAR (fast, and mosaic resamples anyway);
-    validation downsamples with INTER_AREA, which aliases less.
+    validation downsamples with INTER_AREA, as the official loaders do (yolov5n box AP at
+    320-512 on coco128 and coco_dev32: neither is consistently better, within 0.006).
 
     cache="ram" decodes everything up front, after checking that it fits (with torchrun every
     local rank holds its own copy, so LOCAL_WORLD_SIZE copies must fit). Forked workers share
@@ -92,7 +96,8 @@ class ImageReader:
     def npy_path(self, i: int) -> Path:
         path = Path(self.files[i])
         st = path.stat()
-        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.img_size}|{self.interp}"
+        h, w = self.shape(i)  # the size, not img_size: a change of the sizing rule is a new file
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{h}x{w}|{self.interp}"
         return self.cache_dir / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy"
 
     def _from_disk(self, i: int) -> np.ndarray:

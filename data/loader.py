@@ -42,8 +42,8 @@ class DetectionDataset(Dataset):
         self.min_area_ratio = min_area_ratio(index.has_polygons())
         self.order = np.arange(len(index))
         self.batch_shapes = None
-        if rect:
-            self._rect_batches(batch_size)
+        if rect:  # validation pads by half a stride, as the official evaluators do
+            self._rect_batches(batch_size, 0.0 if augment else 0.5)
         self.images = ImageReader(index.files, index.shapes, img_size, augment, cache, cache_dir)
 
     @property
@@ -53,8 +53,9 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _rect_batches(self, batch_size: int) -> None:
-        """Sort by aspect ratio; each batch gets the smallest stride-multiple shape that fits it."""
+    def _rect_batches(self, batch_size: int, pad: float) -> None:
+        """Sort by aspect ratio; each batch gets the smallest stride-multiple shape that fits it,
+        plus `pad` strides (rounded up to a stride multiple)."""
         ar = self.index.shapes[:, 0] / self.index.shapes[:, 1]
         self.order = np.argsort(ar)
         ar = ar[self.order]
@@ -65,7 +66,7 @@ class DetectionDataset(Dataset):
             lo, hi = sl.min(), sl.max()
             shape = [hi, 1] if hi < 1 else ([1, 1 / lo] if lo > 1 else [1, 1])
             self.batch_shapes[b * batch_size:(b + 1) * batch_size] = \
-                np.ceil(np.array(shape) * self.img_size / self.stride).astype(int) * self.stride
+                np.ceil(np.array(shape) * self.img_size / self.stride + pad).astype(int) * self.stride
 
     def load_sample(self, i: int) -> Sample:
         """Image i resized to img_size on its long side, labels scaled to match."""

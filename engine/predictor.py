@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.augment import letterbox
+from data.augment import letterbox, letterbox_shape
 from engine.evaluator import to_coco_results
 from engine.pipeline import Behind, prefetch
 from engine.sources import Frame, SkipReport, is_stream, open_source
@@ -178,19 +178,30 @@ class Predictor:
         self.backend = load_backend(opt.weights, self.device, opt.half)
         self.skips = SkipReport([])
 
+    def input_shape(self, frame: Frame) -> tuple[int, int]:
+        """(h, w) the frame is letterboxed to: a static ONNX export's input size, else img_size on
+        the long side with the short side padded only to the next stride multiple, as the
+        official detect.py does (square 640 batches matched 111 of its 246 dev32 detections)."""
+        return getattr(self.backend, "fixed", None) or letterbox_shape(
+            frame.image.shape[:2], self.opt.img_size, auto=True, stride=self.backend.stride)[1]
+
     def preprocess(self, frames: list[Frame]) -> tuple[torch.Tensor, list]:
+        """frames: all of one input_shape (see _batches)."""
         imgs, rps = [], []
-        auto = len(frames) == 1 and not getattr(self.backend, "fixed", None)  # one frame: pad only to the stride
+        fixed = getattr(self.backend, "fixed", None)
         for f in frames:
-            img, rp = letterbox(f.image, self.opt.img_size, auto=auto, stride=self.backend.stride)
+            img, rp = letterbox(f.image, fixed or self.opt.img_size, auto=not fixed, stride=self.backend.stride)
             imgs.append(img[:, :, ::-1].transpose(2, 0, 1))
             rps.append(rp)
         x = torch.from_numpy(np.ascontiguousarray(np.stack(imgs))).to(self.device).float() / 255.0
         return x, rps
 
     def infer(self, frames: list[Frame]) -> list[Detections]:
-        x, rps = self.preprocess(frames)
-        return self.postprocess(frames, tuple(x.shape[-2:]), rps, self.backend(x))
+        out = []
+        for batch in self._batches(frames):
+            x, rps = self.preprocess(batch)
+            out += self.postprocess(batch, tuple(x.shape[-2:]), rps, self.backend(x))
+        return out
 
     def postprocess(self, frames: list[Frame], shape: tuple[int, int], rps: list, raw) -> list[Detections]:
         pred, proto = raw
@@ -247,11 +258,17 @@ class Predictor:
         return summary
 
     def _batches(self, frames):
-        """Frames grouped for one forward pass: up to --batch-size images, video frames one by one
-        (a video's frames go out in order and its writer sees them as they come)."""
+        """Frames grouped for one forward pass: up to --batch-size consecutive images of one input
+        shape, video frames one by one (a video's frames go out in order and its writer sees them
+        as they come)."""
         pending: list[Frame] = []
+        shape = None
         for frame in frames:
+            if pending and self.input_shape(frame) != shape:
+                yield pending
+                pending = []
             pending.append(frame)
+            shape = self.input_shape(frame)
             if frame.is_video or len(pending) >= self.opt.batch_size:
                 yield pending
                 pending = []

@@ -18,7 +18,7 @@ from data.augment import (Tile, copy_paste, filter_instances, flip, letterbox, m
                           random_perspective, warp_image)
 from data.config import load_data_config
 from data.datasets import load_index
-from data.images import ImageReader
+from data.images import ImageReader, resized_shape
 from data.label_index import LabelIndex
 from data.loader import EpochBatchSampler, build_dataloader, collate, to_tensors
 from utils.config import ConfigError, load_hyp
@@ -118,14 +118,62 @@ def test_letterbox_inverse_mapping():
     assert abs(427 * sy + 2 * py - 320) <= 1
 
 
+@pytest.mark.parametrize("hw, new_shape, kw, out_hw, ratio, pad, top_left", [
+    ((427, 640), 640, {"auto": True}, (448, 640), (1.0, 1.0), (0.0, 10.5), (10, 0)),  # odd: 10 above, 11 below
+    ((640, 427), 640, {}, (640, 640), (1.0, 1.0), (106.5, 0.0), (0, 106)),
+    ((346, 500), 640, {"auto": True}, (448, 640), (640 / 500, 443 / 346), (0.0, 2.5), (2, 0)),  # 442.88 -> 443
+    ((960, 1280), 640, {"auto": True}, (480, 640), (0.5, 0.5), (0.0, 0.0), (0, 0)),
+    ((100, 640), 640, {"auto": True}, (128, 640), (1.0, 1.0), (0.0, 14.0), (14, 0)),
+    ((427, 640), (672, 672), {"scaleup": False}, (672, 672), (1.0, 1.0), (16.0, 122.5), (122, 16)),  # a val batch
+])
+def test_letterbox_shapes_and_padding(hw, new_shape, kw, out_hw, ratio, pad, top_left):
+    """Hand-computed shapes; the pad reported is half the padding (a float, as the official
+    letterbox reports it), the image starting at round(pad - 0.1)."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (*hw, 3), dtype=np.uint8)
+    out, rp = letterbox(img, new_shape, **kw)
+    assert out.shape[:2] == out_hw and np.allclose(rp[0], ratio) and rp[1] == pad
+    resized = (round(hw[0] * ratio[1]), round(hw[1] * ratio[0]))
+    top, left = top_left
+    inner = out[top:top + resized[0], left:left + resized[1]]
+    expected = img if resized == hw else cv2.resize(img, resized[::-1], interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(inner, expected)  # bilinear even when shrinking, as the official letterbox
+    grey = np.ones(out.shape[:2], bool)
+    grey[top:top + resized[0], left:left + resized[1]] = False
+    assert (out[grey] == 114).all()
+
+
+def test_resized_shape_rounds_up_exactly():
+    """The short side is rounded up, as the official loaders do, in integers: no float overshoot."""
+    assert resized_shape(336, 500, 640) == (431, 640)  # 430.08 -> 431
+    assert resized_shape(640, 427, 640) == (640, 427)
+    assert resized_shape(87, 116, 640) == (480, 640)  # exactly 480; math.ceil(87 * (640 / 116)) gives 481
+    assert resized_shape(147, 100, 320) == (320, 218)  # math.ceil(147 * (320 / 147)) gives 321
+    assert resized_shape(960, 1280, 640) == (480, 640)
+
+
 def test_val_rect_batches_and_metadata():
+    """Validation batches: sorted by aspect ratio, each the smallest stride multiple that fits plus
+    half a stride (as the official evaluators pad), every image centred in it."""
     loader, ds = build_dataloader(load_data_config(MINI), "val", 320, 4, rect=True)
-    shapes = [tuple(b.images.shape[-2:]) for b in loader]
-    assert all(h % 32 == 0 and w % 32 == 0 and max(h, w) == 320 for h, w in shapes)
-    assert any(h < 320 for h, _ in shapes)  # rectangular, not square
-    b = next(iter(loader))
-    (sx, sy), _ = b.ratio_pads[0]
-    assert abs(b.orig_shapes[0][1] * sx - 320) < 1 or abs(b.orig_shapes[0][0] * sy - 320) < 1
+    # h/w sorted: 0.667 0.692 0.741 0.747 | 0.75 0.75 1.333 1.502 -> (ceil(7.47 + 0.5), ceil(10.5)) x 32
+    # for the first batch; the second holds both orientations, so it is square
+    batches = list(loader)
+    assert [tuple(b.images.shape[-2:]) for b in batches] == [(256, 352), (352, 352)]
+    b = batches[0]
+    assert b.orig_shapes[0] == (427, 640)  # resized to (214, 320): 213.5 rounded up
+    assert b.ratio_pads[0] == ((320 / 640, 214 / 427), (16.0, 21.0))
+    img = b.images[0]
+    assert (img[:, :21] == 114).all() and (img[:, 235:] == 114).all() and (img[:, :, :16] == 114).all()
+    assert (img[:, 21:235, 16:336] != 114).any(0).float().mean() > 0.9
+
+
+def test_rect_batch_shapes_by_split():
+    """Training --rect batches are not padded beyond the stride multiple; validation ones are."""
+    train = build_dataloader(load_data_config(MINI), "val", 320, 4, load_hyp(), augment=True, rect=True)[1]
+    val = build_dataloader(load_data_config(MINI), "val", 320, 4, rect=True)[1]
+    assert {tuple(s) for s in train.batch_shapes} == {(256, 320), (320, 320)}
+    assert {tuple(s) for s in val.batch_shapes} == {(256, 352), (352, 352)}
 
 
 def test_crowd_kept_out_of_targets_but_in_ann_file():
@@ -402,6 +450,11 @@ def test_disk_cache_is_filled_reused_refreshed_and_repaired(tmp_path, monkeypatc
     assert np.array_equal(reader[0], ImageReader(files, shapes, 160, False)[0])
     # other sizes and the training resize get files of their own
     assert ImageReader(files, shapes, 128, True, cache="disk", cache_dir=cache).npy_path(2) != reader.npy_path(2)
+    # so does another rule for the resized size (files written under the old one are not served)
+    before = [reader.npy_path(i) for i in range(3)]
+    monkeypatch.setattr("data.images.resized_shape", lambda h, w, size: (h * size // max(h, w), w * size // max(h, w)))
+    changed = [reader.shape(i) != expected[i].shape[:2] for i in range(3)]
+    assert any(changed) and [reader.npy_path(i) != p for i, p in enumerate(before)] == changed
 
 
 def test_disk_cache_without_room_is_refused(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from data.augment import letterbox
 from engine.coco_eval import STAT_NAMES, EvaluationError, score
 from utils.masks import decode_masks, encode_rle
 from utils.postprocess import postprocess
@@ -163,6 +164,22 @@ def test_postprocess_maps_boxes_and_masks_back_to_original():
         tol = 2 if retina else 7  # one prototype pixel is 4 input = 6.25 original pixels
         assert abs(xs.min().item() - 50) <= tol and abs(xs.max().item() - 149) <= tol
         assert abs(ys.min().item() - 20) <= tol and abs(ys.max().item() - 79) <= tol
+
+
+def test_masks_cut_where_the_letterbox_put_the_image():
+    """A 427x640 image letterboxed to 448x640 starts at row 10 though its pad is reported as 10.5:
+    a mask reaching the image's top edge keeps its top rows (cut at 10.5 it lost them)."""
+    h0, w0 = 427, 640
+    img, rp = letterbox(np.zeros((h0, w0, 3), np.uint8), 640, auto=True)
+    assert img.shape[:2] == (448, 640) and rp[1] == (0.0, 10.5)
+    proto = torch.full((1, 1, 112, 160), -10.0)
+    proto[0, 0, 2] = 10.0  # prototype row 2 = input rows 8-11: the image's first two rows and padding
+    pred = torch.zeros(1, 1, 4 + 1 + 1)
+    pred[0, 0, :4] = torch.tensor([0.0, 0.0, 640.0, 448.0])
+    pred[0, 0, 4], pred[0, 0, 5] = 0.9, 1.0
+    d = postprocess(pred, proto, (448, 640), [(h0, w0)], [rp], conf_thres=0.5)[0]
+    rows = d.masks[0].any(1)
+    assert rows[0] and not rows[10:].any()
 
 
 def test_rle_roundtrip():

@@ -100,6 +100,29 @@ def test_txt_and_json_parse_back_to_the_detections(weights, tmp_path):
         assert abs(py.min() - ys.min()) <= 1 and abs(py.max() - ys.max()) <= 1
 
 
+def test_each_image_is_letterboxed_to_its_own_rectangle(weights):
+    """As the official detect.py: img_size on the long side, the short side padded only to the
+    next stride multiple; a batch holds consecutive images of one input shape."""
+    from engine.sources import Frame
+
+    rng = np.random.default_rng(0)
+    shapes = [(427, 640), (346, 500), (640, 427), (480, 640), (480, 640), (480, 640)]
+    frames = [Frame(rng.integers(0, 255, (*hw, 3), dtype=np.uint8), f"{k}.jpg", 0, False)
+              for k, hw in enumerate(shapes)]
+    pred = Predictor(PredictOptions(weights=str(weights), source=str(IMAGES), img_size=640, batch_size=2, **LOW))
+    groups = list(pred._batches(frames))
+    assert [[f.path for f in b] for b in groups] == [["0.jpg", "1.jpg"], ["2.jpg"], ["3.jpg", "4.jpg"], ["5.jpg"]]
+    inputs = [pred.preprocess(b) for b in groups]
+    assert [tuple(x.shape) for x, _ in inputs] == [(2, 3, 448, 640), (1, 3, 640, 448), (2, 3, 480, 640),
+                                                   (1, 3, 480, 640)]
+    for (x, rps), group in zip(inputs, groups):  # batched, each image gets what it gets alone
+        for k, f in enumerate(group):
+            x1, rp1 = pred.preprocess([f])
+            assert torch.equal(x[k], x1[0]) and rps[k] == rp1[0]
+    pred.opt.img_size = 128
+    assert len(pred.infer(frames)) == len(frames)  # mixed shapes in one call run shape by shape
+
+
 def test_missing_source_fails_clearly(weights, tmp_path):
     with pytest.raises(SourceError, match="no such file"):
         _run(weights, tmp_path / "nope", tmp_path)

@@ -1,6 +1,8 @@
 """Instance masks: prototypes -> per-instance masks, box cropping, RLE for COCO results."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,8 +38,11 @@ def decode_masks(coef: Tensor, proto: Tensor, boxes_input: Tensor, input_shape: 
     ih, iw = input_shape
     gx, gy = pw / iw, ph / ih
     (sx, sy), (px, py) = ratio_pad
-    top, left = int(round(py * gy)), int(round(px * gx))
-    bottom, right = max(int(round((py + h0 * sy) * gy)), top + 1), max(int(round((px + w0 * sx) * gx)), left + 1)
+    # the image's first row/column: the letterbox reports its pad as a centred float (10.5 for 21
+    # rows) and puts the image at the whole pixel below it, so masks are cut where the image is
+    y0, x0 = math.floor(py), math.floor(px)
+    top, left = int(round(y0 * gy)), int(round(x0 * gx))
+    bottom, right = max(int(round((y0 + h0 * sy) * gy)), top + 1), max(int(round((x0 + w0 * sx) * gx)), left + 1)
     if retina:
         full = F.interpolate(logits[None, :, top:bottom, left:right], size=(h0, w0), mode="bilinear",
                              align_corners=False)[0]
