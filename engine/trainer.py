@@ -136,8 +136,10 @@ class Trainer:
         if self.dist.enabled:
             if opt.sync_bn and self.device.type == "cuda":
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                LOG.info("SyncBatchNorm: %d layers", sum(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules()))
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.norm_stats = NormStats(unwrap(self.model))
         if self.dist.is_main:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(self.run_config(), self.save_dir / "config.yaml")
@@ -243,6 +245,7 @@ class Trainer:
         images = batch.images.float() / 255.0
         if self.opt.multi_scale:
             images, batch = multi_scale(images, batch, self.opt.img_size, self.stride)
+        self.norm_stats.save()
         with self.precision.autocast(self.device):
             outputs = self.model(images.contiguous(memory_format=self.memory_format))
         loss, terms = self.criterion(outputs, batch)  # loss in fp32: the head output is upcast inside
@@ -262,6 +265,7 @@ class Trainer:
         self.bad_steps += 1
         self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
+        self.norm_stats.restore()
         LOG.warning("non-finite loss %s: step skipped (%d in a row)", {k: float(v) for k, v in terms.items()}, self.bad_steps)
         if self.bad_steps >= MAX_BAD_STEPS:
             raise FloatingPointError(f"{MAX_BAD_STEPS} non-finite losses in a row: stopping. Lower --hyp lr0, "
@@ -362,6 +366,25 @@ def multi_scale(images: torch.Tensor, batch: Batch, img_size: int, stride: int) 
         masks = masks.new_zeros((0, new_hw[0] // 4, new_hw[1] // 4))
     return images, Batch(batch.images, batch.batch_idx, batch.classes, boxes, masks, batch.image_ids,
                          batch.paths, batch.orig_shapes, batch.ratio_pads)
+
+
+class NormStats:
+    """The BatchNorm running statistics, saved before every forward. A step skipped for a
+    non-finite loss restores them: the overflowing batch (float16 activations under AMP) would
+    otherwise leave inf/NaN in running_mean/var for good, and every later evaluation with them."""
+
+    def __init__(self, model: nn.Module):
+        self.live = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                     for b in m.buffers(recurse=False)]
+        self.saved = [b.clone() for b in self.live]
+
+    def save(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.saved, self.live)  # one fused copy, not one per buffer
+
+    def restore(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.live, self.saved)
 
 
 def _newest_last(project: str) -> Path:

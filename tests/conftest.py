@@ -61,3 +61,56 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="no CUDA")
         for item in cuda_items:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def make_trainer(small_cfg, tmp_path):
+    """make_trainer(kind, **options) -> a set-up Trainer of the small model on the bundled data,
+    ready for train_step (no run has started: the per-run counters are zero)."""
+    import yaml
+
+    from engine.options import TrainOptions
+    from engine.trainer import Trainer
+
+    def make(kind: str = "anchor", **options):
+        cfg = tmp_path / f"{kind}.yaml"
+        cfg.write_text(yaml.safe_dump(small_cfg(kind)))
+        opt = {"cfg": str(cfg), "data": str(ROOT / "cfg/data/coco-mini.yaml"), "epochs": 1, "batch_size": 4,
+               "img_size": 96, "workers": 0, "device": "cpu", "noval": True, "project": str(tmp_path / "runs"),
+               **options}
+        trainer = Trainer(TrainOptions(**opt))
+        trainer.setup()
+        trainer.accumulate_now, trainer.bad_steps, trainer.skipped_steps, trainer.global_step = 1, 0, 0, 0
+        return trainer
+
+    return make
+
+
+@pytest.fixture
+def subset_data(tmp_path):
+    """subset_data(n, large=False) -> a dataset YAML whose train and val splits are the same n
+    bundled images (the first n, or with large=True the n with the fewest small objects: the
+    easiest to fit at a low resolution)."""
+    import json
+
+    import yaml
+
+    def make(n: int, large: bool = False) -> Path:
+        src = json.loads((BUNDLED / "annotations/instances_train.json").read_text())
+        ids = [im["id"] for im in src["images"]]
+        if large:
+            small_share: dict[int, list[bool]] = {}
+            for a in src["annotations"]:
+                if not a["iscrowd"]:
+                    small_share.setdefault(a["image_id"], []).append(a["area"] < 64 * 64)
+            ids = [k for _, k in sorted((sum(v) / len(v), k) for k, v in small_share.items())]
+        keep = set(ids[:n])
+        sub = {**src, "images": [i for i in src["images"] if i["id"] in keep],
+               "annotations": [a for a in src["annotations"] if a["image_id"] in keep]}
+        (tmp_path / f"subset{n}.json").write_text(json.dumps(sub))
+        split = {"images": "images", "annotations": str(tmp_path / f"subset{n}.json")}
+        out = tmp_path / f"subset{n}.yaml"
+        out.write_text(yaml.safe_dump({"format": "coco", "path": str(BUNDLED), "train": split, "val": split}))
+        return out
+
+    return make

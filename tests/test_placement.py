@@ -181,23 +181,15 @@ def test_half_model_decodes_like_the_float_model(small_cfg, kind):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,amp", [("anchor", False), ("anchor_free", True)])
-def test_a_whole_training_step_creates_tensors_on_the_input_device(small_cfg, root, tmp_path, kind, amp):
+def test_a_whole_training_step_creates_tensors_on_the_input_device(make_trainer, kind, amp):
     """Trainer.train_step on a real mosaic batch (multi-scale resize, forward, loss with masks,
     backward, clipping, optimizer and EMA). With amp: autocast to bfloat16 on the CPU, so the loss
     gets reduced-precision outputs as under --amp on a GPU, and channels_last inputs."""
     from engine.device import Precision
-    from engine.options import TrainOptions
-    from engine.trainer import Trainer
 
-    cfg = tmp_path / f"{kind}.yaml"
-    cfg.write_text(yaml.safe_dump(small_cfg(kind)))
-    trainer = Trainer(TrainOptions(cfg=str(cfg), data=str(root / "cfg/data/coco-mini.yaml"), epochs=1, batch_size=4,
-                                   img_size=96, workers=0, device="cpu", noval=True, multi_scale=True,
-                                   project=str(tmp_path / "runs")))
-    trainer.setup()
+    trainer = make_trainer(kind, multi_scale=True)
     if amp:
         trainer.precision, trainer.memory_format = Precision(True, torch.bfloat16), torch.channels_last
-    trainer.accumulate_now, trainer.bad_steps, trainer.skipped_steps, trainer.global_step = 1, 0, 0, 0
     batch = next(iter(trainer.train_loader))
     before = [p.detach().clone() for p in trainer.model.parameters()]
     with StrictDevice():

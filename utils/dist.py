@@ -1,12 +1,15 @@
 """Devices and torch.distributed (torchrun) plumbing, NCCL on GPUs and gloo on CPU."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
+
+LOG = logging.getLogger("gradpath.dist")
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,8 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Launched by torchrun, even with one process: the same NCCL/DDP path as on many GPUs."""
+        return self.rank >= 0
 
     @property
     def is_main(self) -> bool:
@@ -25,11 +29,11 @@ class DistInfo:
 
 
 def dist_info_from_env() -> DistInfo:
-    """What torchrun put in the environment (RANK, LOCAL_RANK, WORLD_SIZE)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world <= 1:
+    """What torchrun put in the environment (RANK, LOCAL_RANK, WORLD_SIZE); not distributed
+    without it."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
-    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), world)
+    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
 
 
 def select_device(spec: str = "", info: DistInfo = DistInfo(), several: bool = False) -> torch.device:
@@ -93,6 +97,7 @@ def init_distributed(info: DistInfo, device: torch.device, timeout_min: int = 30
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     tdist.init_process_group(backend, timeout=timedelta(minutes=timeout_min))
+    LOG.info("torch.distributed: %s backend, rank %d of %d on %s", backend, info.rank, info.world_size, device)
 
 
 def barrier(info: DistInfo) -> None:
