@@ -50,8 +50,16 @@ def mosaic_batches(data_cfg: DataConfig, img_size: int, batch_size: int, n: int,
 @dataclass
 class StepRate:
     images_per_s: float
-    seconds_per_step: float
+    seconds_per_step: float  # median of the timed steps
     peak_gib: float
+    warmup_s: float  # the untimed first steps (cuDNN autotuning, torch.compile's compilation)
+
+
+def first_images(batch: Batch, k: int) -> Batch:
+    """The first k images of a batch with their instances."""
+    keep = batch.batch_idx < k
+    return Batch(batch.images[:k], batch.batch_idx[keep], batch.classes[keep], batch.boxes[keep], batch.masks[keep],
+                 batch.image_ids[:k], batch.paths[:k], batch.orig_shapes[:k], batch.ratio_pads[:k])
 
 
 def train_step_rate(model: nn.Module, batches: list[Batch], device: torch.device, precision: Precision,
@@ -68,7 +76,7 @@ def train_step_rate(model: nn.Module, batches: list[Batch], device: torch.device
     on_device = [b.to(device) for b in batches]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, warm = [], 0.0
     for i, batch in enumerate(on_device):
         synchronize(device)
         t0 = time.perf_counter()
@@ -82,27 +90,34 @@ def train_step_rate(model: nn.Module, batches: list[Batch], device: torch.device
         synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+        else:
+            warm += time.perf_counter() - t0
     sec = statistics.median(times)
-    return StepRate(len(batches[0]) / sec, sec, peak_memory_gib(device))
+    return StepRate(len(batches[0]) / sec, sec, peak_memory_gib(device), warm)
 
 
 def forward_latency_ms(model: nn.Module, batch_size: int, img_size: int, device: torch.device,
                        dtype: torch.dtype = torch.float32, fmt: torch.memory_format = torch.contiguous_format,
                        warmup: int = 1, runs: int = 3) -> float:
-    """Median forward time per image (eval mode, inference_mode) in milliseconds, on a copy of
-    `model` in `dtype` and `fmt`."""
+    """Median forward time per image (eval mode, inference_mode) in milliseconds, of a copy of
+    `model` in `dtype` and `fmt` on zeros."""
     model = copy.deepcopy(model).eval().to(device=device, dtype=dtype, memory_format=fmt)
     x = torch.zeros(batch_size, 3, img_size, img_size, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    return time_forward_ms(model, x, warmup, runs)
+
+
+def time_forward_ms(model: nn.Module, x: torch.Tensor, warmup: int = 1, runs: int = 3) -> float:
+    """Median time per image of model(x), in milliseconds, as the model is (device, dtype, compiled)."""
     times = []
     with torch.inference_mode():
         for i in range(warmup + runs):
-            synchronize(device)
+            synchronize(x.device)
             t0 = time.perf_counter()
             model(x)
-            synchronize(device)
+            synchronize(x.device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times) / batch_size
+    return 1000 * statistics.median(times) / x.shape[0]
 
 
 def loader_rate(loader, batches: int, memory: bool = False) -> tuple[float, int, int]:

@@ -86,31 +86,33 @@ def make_trainer(small_cfg, tmp_path):
     return make
 
 
-@pytest.fixture
-def subset_data(tmp_path):
-    """subset_data(n, large=False) -> a dataset YAML whose train and val splits are the same n
-    bundled images (the first n, or with large=True the n with the fewest small objects: the
-    easiest to fit at a low resolution)."""
+def write_subset(folder: Path, n: int, large: bool = False) -> Path:
+    """A dataset YAML in `folder` whose train and val splits are the same n bundled images (the
+    first n, or with large=True the n with the fewest small objects: the easiest to fit at a low
+    resolution)."""
     import json
 
     import yaml
 
-    def make(n: int, large: bool = False) -> Path:
-        src = json.loads((BUNDLED / "annotations/instances_train.json").read_text())
-        ids = [im["id"] for im in src["images"]]
-        if large:
-            small_share: dict[int, list[bool]] = {}
-            for a in src["annotations"]:
-                if not a["iscrowd"]:
-                    small_share.setdefault(a["image_id"], []).append(a["area"] < 64 * 64)
-            ids = [k for _, k in sorted((sum(v) / len(v), k) for k, v in small_share.items())]
-        keep = set(ids[:n])
-        sub = {**src, "images": [i for i in src["images"] if i["id"] in keep],
-               "annotations": [a for a in src["annotations"] if a["image_id"] in keep]}
-        (tmp_path / f"subset{n}.json").write_text(json.dumps(sub))
-        split = {"images": "images", "annotations": str(tmp_path / f"subset{n}.json")}
-        out = tmp_path / f"subset{n}.yaml"
-        out.write_text(yaml.safe_dump({"format": "coco", "path": str(BUNDLED), "train": split, "val": split}))
-        return out
+    src = json.loads((BUNDLED / "annotations/instances_train.json").read_text())
+    ids = [im["id"] for im in src["images"]]
+    if large:
+        small_share: dict[int, list[bool]] = {}
+        for a in src["annotations"]:
+            if not a["iscrowd"]:
+                small_share.setdefault(a["image_id"], []).append(a["area"] < 64 * 64)
+        ids = [k for _, k in sorted((sum(v) / len(v), k) for k, v in small_share.items())]
+    keep = set(ids[:n])
+    sub = {**src, "images": [i for i in src["images"] if i["id"] in keep],
+           "annotations": [a for a in src["annotations"] if a["image_id"] in keep]}
+    (folder / f"subset{n}.json").write_text(json.dumps(sub))
+    split = {"images": "images", "annotations": str(folder / f"subset{n}.json")}
+    out = folder / f"subset{n}.yaml"
+    out.write_text(yaml.safe_dump({"format": "coco", "path": str(BUNDLED), "train": split, "val": split}))
+    return out
 
-    return make
+
+@pytest.fixture
+def subset_data(tmp_path):
+    """subset_data(n, large=False) -> write_subset(tmp_path, n, large)."""
+    return lambda n, large=False: write_subset(tmp_path, n, large)

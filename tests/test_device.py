@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train
-from engine.device import (CHANNELS_LAST, OutOfMemory, Precision, amp_precision, compile_model, configure_cuda,
+from engine.device import (CHANNELS_LAST, Precision, amp_precision, compile_model, configure_cuda,
                            is_out_of_memory, memory_format, out_of_memory_message)
 from utils.dist import DistInfo, select_device
 from utils.structures import Batch
