@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 import yaml
 from torch import nn
@@ -80,8 +82,11 @@ class Context:
         """The training rows' real mosaic batches (made once, the same for every row), cut to batch_size."""
         s = self.settings
         if not self._batches:
-            self._batches = mosaic_batches(self.data, s.img_size, max(*s.batch_sizes, s.probe_batch),
-                                           s.warmup + s.steps, workers=s.batch_workers)
+            size, n = max(*s.batch_sizes, s.probe_batch), s.warmup + s.steps
+            try:
+                self._batches = mosaic_batches(self.data, s.img_size, size, n, workers=s.batch_workers)
+            except RuntimeError:  # workers need shared memory (/dev/shm) for the batches: build them here
+                self._batches = mosaic_batches(self.data, s.img_size, size, n, workers=0)
         return [first_images(b, batch_size) for b in self._batches]
 
     def model(self, cfg: str) -> nn.Module:
@@ -100,17 +105,19 @@ class Context:
 # --- environment -------------------------------------------------------------------------------
 
 def environment(report: Report, ctx: Context) -> None:
+    shm = shutil.disk_usage("/dev/shm").total / 2**30 if Path("/dev/shm").is_dir() else 0.0
+    report.add(ENV, "host", "", f"{os.cpu_count()} CPU cores, {psutil.virtual_memory().total / 2**30:.0f} GiB memory, "
+               f"/dev/shm {shm:.1f} GiB (the loader's workers hand batches over there)", "measured", shm_gib=shm)
     versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, " \
                f"Python {platform.python_version()}"
     if not ctx.cuda:
-        report.add(ENV, "device", "cpu", f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-                   "measured")
+        report.add(ENV, "device", "cpu", f"{torch.get_num_threads()} torch threads", "measured")
         report.add(ENV, "software", "", versions, "measured")
         report.add(ENV, "TF32, bf16", "", NO_CUDA, "skipped")
         return
     p = torch.cuda.get_device_properties(ctx.device)
     report.add(ENV, "device", str(ctx.device), f"{p.name}, compute {p.major}.{p.minor}, {p.total_memory / 2**30:.1f} GiB, "
-               f"{p.multi_processor_count} SMs, {os.cpu_count()} CPU cores", "measured",
+               f"{p.multi_processor_count} SMs", "measured",
                memory_gib=p.total_memory / 2**30)
     report.add(ENV, "software", "", versions, "measured")
     flags = configure_cuda(ctx.device, fixed_shapes=True)

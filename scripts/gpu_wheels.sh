@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Wheels for the GPU machine of the device tool (Python 3.12, x86-64, no package index): the
-# requirements missing from its image (it has torch, onnx, onnxruntime, opencv), pinned to the versions
-# tested here. `.whl/` is in .gitignore and travels with `carry: [".whl"]`; the device command
-# then starts with the install line of README "On a GPU".
+# Wheels for a GPU machine without a package index (Python 3.12, x86-64) whose image has torch,
+# onnx, onnxruntime and opencv but not the rest of requirements.txt, pinned to the versions tested
+# here. `.whl/` is in .gitignore; copy it along and install it as README "On a GPU" says.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl

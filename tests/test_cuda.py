@@ -147,7 +147,7 @@ def test_failure_non_finite_amp_loss_skips_the_step_as_on_cpu(make_trainer):
 
 def test_failure_out_of_memory_ends_in_one_line_and_the_run_folder_stays_usable(work):
     """A batch far beyond the GPU's memory (yolor-elan-af-seg, 24 mosaics at 4096 px)."""
-    args = ["--cfg", "cfg/models/yolor-elan-af-seg.yaml", "--epochs", "1", "--workers", "8", "--noval",
+    args = ["--cfg", "cfg/models/yolor-elan-af-seg.yaml", "--epochs", "1", "--workers", "0", "--noval",
             "--device", "0", "--project", str(work), "--name", "oom", "--exist-ok"]
     r = run("train.py", *args, "--img-size", 4096, "--batch-size", 24, timeout=400)
     last = r.stderr.strip().splitlines()[-1]
