@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.gpu_check import FULL, QUICK, Context, cuda_tests, environment, speed  # noqa: E402
+from engine.gpu_check import FULL, QUICK, SPEED_PARTS, Context, cuda_tests, environment, speed  # noqa: E402
 from engine.gpu_report import Report  # noqa: E402
 from utils.dist import select_device  # noqa: E402
 
@@ -31,10 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="0", help="a CUDA index (default 0), or cpu")
     p.add_argument("--quick", action="store_true", help="smallest settings: one cfg, tiny batches (the CPU check)")
-    p.add_argument("--out", default=None, help="folder for gpu_check.json, the tests' log and the work files")
+    p.add_argument("--out", default=None, help="folder for gpu_check.json and the CUDA tests' log")
+    p.add_argument("--work", default=None, help="folder for what the run writes (checkpoints, generated data; "
+                   "default: OUT/work, else a temporary folder)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds after which the remaining measurements are skipped (default 450, quick 150)")
-    p.add_argument("--skip-tests", action="store_true", help="no pytest -m cuda (speed rows only)")
+    p.add_argument("--only", nargs="+", choices=("tests", *SPEED_PARTS), default=None,
+                   help="run only these parts (default: all), e.g. to fill rows a spent budget skipped")
     args = p.parse_args(argv)
     try:
         device = select_device(args.device)
@@ -43,18 +46,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = QUICK if args.quick else FULL
     out = Path(args.out) if args.out else None
-    work = Path(tempfile.mkdtemp(prefix="gpu_check_")) if out is None else out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work) if args.work else out / "work" if out else Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    for folder in (work, out):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     budget = args.budget or (150.0 if args.quick else 450.0)
     meta = {"command": " ".join(["benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": str(device), "quick": args.quick, "budget_s": budget}
     report = Report(out, budget, meta)
-    ctx = Context(device, settings, work)
+    ctx = Context(device, settings, work, out or work)
     environment(report, ctx)
-    if not args.skip_tests:
+    parts = tuple(args.only or ("tests", *SPEED_PARTS))
+    if "tests" in parts:
         cuda_tests(report, ctx)
-    speed(report, ctx)
+    speed(report, ctx, parts)
     report.write()
     print(report.table())
     counts = report.as_dict()["meta"]["counts"]

@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+import engine.gpu_check
+from engine.gpu_check import QUICK, Context, cuda_tests, run_process_group
 from engine.gpu_report import Report
 
 
@@ -34,6 +36,29 @@ def test_a_spent_budget_skips_the_rest_and_says_so(tmp_path):
     report = Report(None, budget_s=0, meta={})
     row = report.measure("speed and memory", "train", "", lambda: pytest.fail("must not run"))
     assert row.status == "skipped" and row.result == "skipped: time budget (0 s) spent" and not row.values
+
+
+def test_a_timed_out_test_run_ends_its_whole_process_group(tmp_path):
+    marker = tmp_path / "late"
+    output, timed_out = run_process_group(["bash", "-c", f"echo started; (sleep 3; touch {marker}) & wait"], 1.0, {})
+    assert timed_out and output.strip() == "started"
+    import time
+
+    time.sleep(3.5)
+    assert not marker.exists()  # the grandchild went with the group
+
+
+def test_tests_that_finished_before_a_time_out_keep_their_rows(tmp_path, monkeypatch):
+    output = ("tests/test_cuda.py::test_amp_train_step_matches_the_fp32_cpu_step[anchor-fp16] PASSED [  8%]\n"
+              "tests/test_cuda.py::test_failure_non_finite_amp_loss_skips_the_step_as_on_cpu FAILED [ 16%]\n")
+    monkeypatch.setattr(engine.gpu_check, "run_process_group", lambda *a, **k: (output, True))
+    report = Report(None, budget_s=100, meta={})
+    cuda_tests(report, Context(torch.device("cpu"), QUICK, tmp_path, tmp_path))
+    rows = [(r.section, r.check, r.status) for r in report.rows]
+    assert rows[0][2] == "FAIL" and "timed out after" in report.rows[0].result and "after 2 tests" in report.rows[0].result
+    assert rows[1:] == [("CUDA correctness", "amp train step matches the fp32 cpu step [anchor-fp16]", "pass"),
+                        ("failure paths", "non finite amp loss skips the step as on cpu", "FAIL")]
+    assert (tmp_path / "cuda_tests.log").read_text() == output
 
 
 @pytest.mark.slow
@@ -63,3 +88,4 @@ def test_gpu_check_quick_runs_on_the_cpu_and_invents_nothing(root, tmp_path):
     compiled = [row for row in rows if row["check"].startswith("torch.compile")]
     assert len(compiled) == 2 and all(row["status"] == "pass" for row in compiled)
     assert saved["meta"]["counts"]["FAIL"] == 0 and (tmp_path / "work/cuda_tests.xml").is_file()
+    assert "skipped" in (tmp_path / "cuda_tests.log").read_text()
