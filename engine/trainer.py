@@ -60,11 +60,11 @@ class Trainer:
         nc = 1 if self.opt.single_cls else self.data_cfg.nc
         model_cfg = self.resume_ckpt["config"]["model"] if self.resume_ckpt else str(resolve_repo_path(self.opt.cfg))
         self.model = build_model(model_cfg, num_classes=nc)  # a bad cfg fails here, before a run folder exists
-        self.save_dir = self._run_dir()
-        self.weights_dir = self.save_dir / "weights"
-        self.precision = amp_precision(self.device, self.opt.amp, self.opt.amp_dtype)
+        self.precision = amp_precision(self.device, self.opt.amp, self.opt.amp_dtype)  # so does --amp bf16 on a V100
         self.amp = self.precision.amp
         self.memory_format = memory_format(self.device, "train", self.opt.channels_last or None)
+        self.save_dir = self._run_dir()
+        self.weights_dir = self.save_dir / "weights"
 
     # ---- setup -------------------------------------------------------------------------
     def _resume_checkpoint(self) -> dict:
