@@ -2,7 +2,7 @@
 """Every CUDA question in one run: correctness (the `cuda`-marked tests), speed and memory, and
 the failure paths, as one markdown table (and, with --out, the same rows as JSON).
 
-    python benchmarks/gpu_check.py --out runs/gpu_check       # on a GPU: about 8 minutes
+    python benchmarks/gpu_check.py --out runs/gpu_check       # on a GPU, within --budget (450 s)
     python benchmarks/gpu_check.py --device cpu --quick       # every code path on a CPU, ~1 minute
 
 Needs only the repository: the bundled coco-mini and data generated from it. Rows the machine
