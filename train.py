@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--close-mosaic", type=int, default=None, help="epochs at the end without mosaic (default: hyp close_mosaic)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
+    p.add_argument("--amp", dest="amp_dtype", choices=["fp16", "bf16"], default=d.amp_dtype,
+                   help="mixed precision dtype on CUDA (bf16: no loss scaling; Ampere and newer)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU: see gpu_check)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (first steps slower)")
     p.add_argument("--log-grads", type=int, default=0, metavar="N", help="log per-stage gradient norms every N steps")
     p.add_argument("--patience", type=int, default=0, help="stop after N epochs without improvement (0: never)")
     p.add_argument("--local-rank", "--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # torch.distributed.launch
@@ -55,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_args(argv)
+    from engine.device import OutOfMemory
     from engine.trainer import Trainer
     from models.parser import CfgError
     from utils.checkpoint import CheckpointError
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         Trainer(opt).fit()
-    except (ConfigError, CfgError, CheckpointError, OSError, ValueError, FloatingPointError) as e:
+    except (ConfigError, CfgError, CheckpointError, OSError, ValueError, FloatingPointError, OutOfMemory) as e:
         print(f"train.py: error: {error_line(e)}", file=sys.stderr)
         return 2
     return 0

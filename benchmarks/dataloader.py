@@ -12,7 +12,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -22,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from data.config import load_data_config  # noqa: E402
 from data.loader import build_dataloader  # noqa: E402
+from engine.speed import loader_rate  # noqa: E402
 from utils.config import load_hyp  # noqa: E402
-from utils.memory import process_tree_rss  # noqa: E402
 
 COCO128 = ROOT.parent / "shared/data/dev/coco128_instances"
 
@@ -43,29 +42,6 @@ def default_data() -> str:
     return str(out)
 
 
-def images_per_second(loader, batches: int) -> tuple[float, int, int]:
-    """Steady-state rate over `batches` batches, crossing epochs when the split is small (the
-    workers persist), with the peak RSS; worker start-up and the first batch are not counted.
-    PSS is read over 4 batches after the timed ones: reading a process's smaps stalls its page
-    faults, which slowed the 2-worker loader by ~20% when done every batch."""
-    it = iter(loader)
-    next(it)
-    n, seen, rss, t0 = 0, 0, 0, time.perf_counter()
-    while seen < batches:
-        for batch in it:
-            n += len(batch)
-            seen += 1
-            rss = max(rss, process_tree_rss())
-            if seen >= batches:
-                break
-        it = iter(loader)
-    rate = n / (time.perf_counter() - t0)
-    pss = 0
-    for _, _ in zip(range(4), it):
-        pss = max(pss, process_tree_rss(proportional=True))
-    return rate, rss, pss
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None)
@@ -83,13 +59,13 @@ def main() -> None:
     for w in args.workers:
         loader, _ = build_dataloader(cfg, "train", args.img_size, args.batch_size, hyp, augment=True, shuffle=True,
                                      workers=w, cache=args.cache)
-        ips, rss, pss = images_per_second(loader, args.batches)
+        ips, rss, pss = loader_rate(loader, args.batches, memory=True)
         print(f"{'train (mosaic)':<22}{w:>8}{ips:>10.1f}{rss / 2**30:>14.2f}{pss / 2**30:>14.2f}")
         del loader
     for w in args.workers:
         loader, _ = build_dataloader(cfg, "val", args.img_size, args.batch_size, rect=True, workers=w,
                                      cache=args.cache)
-        ips, rss, pss = images_per_second(loader, args.batches)
+        ips, rss, pss = loader_rate(loader, args.batches, memory=True)
         print(f"{'val (rect)':<22}{w:>8}{ips:>10.1f}{rss / 2**30:>14.2f}{pss / 2**30:>14.2f}")
 
 

@@ -12,9 +12,7 @@ is the median of --runs timed runs after --warmup untimed ones.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,30 +20,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.speed import forward_latency_ms  # noqa: E402
 from models.model import build_model  # noqa: E402
 from utils.dist import select_device  # noqa: E402
 
 
 def latency_ms(cfg: str, img_size: int, batch_size: int, device: torch.device, half: bool, warmup: int,
                runs: int) -> float:
-    """Median forward time per image in milliseconds."""
-    model = build_model(cfg, num_classes=80).fuse().eval().to(device).to(memory_format=torch.channels_last)
-    dtype = torch.float16 if half else torch.float32
-    model = model.to(dtype)
-    x = torch.zeros(batch_size, 3, img_size, img_size, device=device, dtype=dtype).to(
-        memory_format=torch.channels_last)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times) / batch_size
+    """Median forward time per image in milliseconds (fused, channels_last)."""
+    model = build_model(cfg, num_classes=80).fuse()
+    return forward_latency_ms(model, batch_size, img_size, device, torch.float16 if half else torch.float32,
+                              torch.channels_last, warmup, runs)
 
 
 def main() -> None:

@@ -265,15 +265,18 @@ class EpochLoader:
 def build_dataloader(data_cfg: DataConfig, split: str, img_size: int, batch_size: int, hyp: dict | None = None,
                      augment: bool = False, rect: bool = False, cache: str | None = None, workers: int = 0,
                      shuffle: bool = False, rank: int = -1, world_size: int = 1, seed: int = 0,
-                     single_cls: bool = False, stride: int = 32) -> tuple[DataLoader | EpochLoader, DetectionDataset]:
+                     single_cls: bool = False, stride: int = 32,
+                     pin_memory: bool | None = None) -> tuple[DataLoader | EpochLoader, DetectionDataset]:
     """Training (augment=True) gets an EpochLoader; validation a plain DataLoader, optionally split
-    across ranks."""
+    across ranks. pin_memory (default: when CUDA is available) lets batches go to the GPU with
+    non-blocking copies (Batch.pin_memory)."""
     dataset = build_dataset(data_cfg, split, img_size, batch_size, hyp, augment, rect, cache, single_cls, stride)
     batch_size = max(1, min(batch_size, len(dataset)))
     workers = max(0, min(workers, psutil.cpu_count() or 1, batch_size if batch_size > 1 else workers))
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
-    common = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+    common = dict(num_workers=workers, collate_fn=collate,
+                  pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                   worker_init_fn=_seed_worker, generator=generator, persistent_workers=workers > 0)
     if augment:  # training: continuous across epochs
         sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, rank, world_size)

@@ -1,6 +1,7 @@
 """Run a model over a validation loader and score it with COCO bbox and segm metrics."""
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from engine.coco_eval import format_tables, load_gt, per_class_table, score
+from engine.device import memory_format
 from engine.metrics import ConfusionMatrix
 from utils.boxes import xyxy_to_xywh_coco
 from utils.checkpoint import atomic_write_text
@@ -81,11 +83,14 @@ def predict_loader(model: nn.Module, loader, device: torch.device, conf_thres: f
     model.eval()
     results, img_ids, times = [], [], np.zeros(3)
     dtype = torch.float16 if half and device.type == "cuda" else torch.float32
-    model = model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    fmt = memory_format(device, "inference")
+    caller = model
+    if next(model.parameters()).dtype != dtype:  # a copy: the caller's (EMA) weights never round-trip through fp16
+        model = copy.deepcopy(model)
+    model = model.to(device=device, dtype=dtype, memory_format=fmt)
     for batch in tqdm(loader, desc="val", bar_format="{l_bar}{bar:10}{r_bar}", leave=False):
         t0 = time.perf_counter()
-        images = (batch.images.to(device, non_blocking=True).to(dtype) / 255.0).contiguous(
-            memory_format=torch.channels_last)
+        images = (batch.images.to(device, non_blocking=True).to(dtype) / 255.0).contiguous(memory_format=fmt)
         t1 = time.perf_counter()
         pred, proto = model(images)
         if device.type == "cuda":
@@ -100,7 +105,7 @@ def predict_loader(model: nn.Module, loader, device: torch.device, conf_thres: f
                 on_image(int(image_id), d)
             img_ids.append(int(image_id))
         times += [t1 - t0, t2 - t1, time.perf_counter() - t2]
-    model.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+    caller.to(memory_format=torch.contiguous_format)
     return results, img_ids, times * 1e3 / max(len(img_ids), 1)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from engine.checkpoint import load_model
+from utils.dist import select_device
 from utils.checkpoint import atomic_write_bytes
 
 LOG = logging.getLogger("gradpath.export")
@@ -17,7 +18,7 @@ LOG = logging.getLogger("gradpath.export")
 def export_onnx(weights: str | Path, img_size: int | None = None, dynamic: bool = False, half: bool = False,
                 opset: int = 17, out: str | Path | None = None, device: str = "cpu") -> tuple[Path, float]:
     """Write `weights` as ONNX (inputs "images"; outputs "predictions", "protos"); return (path, max abs diff)."""
-    dev = torch.device(device if device == "cpu" else f"cuda:{device}")
+    dev = select_device(device, several=True)
     if half and dev.type != "cuda":
         raise ValueError("--half export needs a CUDA device (--device 0)")
     model, ckpt = load_model(weights, dev, fuse=True)

@@ -34,6 +34,9 @@ class TrainOptions:
     seed: int = 0
     close_mosaic: int | None = None
     amp: bool = True
+    amp_dtype: str = "fp16"
+    channels_last: bool = False
+    compile: bool = False
     log_grads: int = 0
     patience: int = 0
 

@@ -18,6 +18,8 @@ from tqdm import tqdm
 from data.config import load_data_config
 from data.loader import build_dataloader
 from engine.checkpoint import load_state_dict_checked, read_weights, transfer_weights
+from engine.device import (OutOfMemory, amp_precision, compile_model, configure_cuda, is_out_of_memory, memory_format,
+                           out_of_memory_message)
 from engine.ema import ModelEMA
 from engine.optim import accumulation, build_optimizer, lr_lambda, warmup, warmup_iterations
 from engine.options import DEFAULT_CFG, FALLBACK, TrainOptions
@@ -59,9 +61,11 @@ class Trainer:
         self.init_ckpt = read_weights(self.opt.weights) if self.opt.weights and not self.resume_ckpt else None
         model_cfg = self._model_cfg()
         self.model = build_model(model_cfg, num_classes=nc)  # a bad cfg fails here, before a run folder exists
+        self.precision = amp_precision(self.device, self.opt.amp, self.opt.amp_dtype)  # so does --amp bf16 on a V100
+        self.amp = self.precision.amp
+        self.memory_format = memory_format(self.device, "train", self.opt.channels_last or None)
         self.save_dir = self._run_dir()
         self.weights_dir = self.save_dir / "weights"
-        self.amp = self.opt.amp and self.device.type == "cuda"
 
     # ---- setup -------------------------------------------------------------------------
     def _model_cfg(self) -> str | dict:
@@ -102,7 +106,8 @@ class Trainer:
     def setup(self) -> None:
         opt, hyp = self.opt, self.hyp
         self.names = ["item"] if opt.single_cls else list(self.data_cfg.names)
-        self.model = self.model.to(self.device)
+        self.model = self.model.to(self.device, memory_format=self.memory_format)
+        configure_cuda(self.device, fixed_shapes=not (opt.multi_scale or opt.rect))
         self.stride = int(max(self.model.stride))
         if opt.img_size % self.stride:
             raise ConfigError(f"--img-size {opt.img_size}: must be a multiple of the model stride {self.stride}")
@@ -115,19 +120,19 @@ class Trainer:
             self.data_cfg, "train", opt.img_size, opt.batch_size // max(self.dist.world_size, 1), hyp,
             augment=True, rect=opt.rect, cache=opt.cache, workers=opt.workers, shuffle=not opt.rect,
             rank=self.dist.rank, world_size=self.dist.world_size, seed=opt.seed,
-            single_cls=opt.single_cls, stride=self.stride)
+            single_cls=opt.single_cls, stride=self.stride, pin_memory=self.device.type == "cuda")
         if self.dist.is_main and not opt.noval:
             self.val_loader, self.val_set = build_dataloader(
                 self.data_cfg, "val", opt.img_size, opt.batch_size // max(self.dist.world_size, 1) * 2,
                 None, augment=False, rect=True, cache=opt.cache, workers=opt.workers,
-                single_cls=opt.single_cls, stride=self.stride)
+                single_cls=opt.single_cls, stride=self.stride, pin_memory=self.device.type == "cuda")
         nbs = hyp["nominal_batch"]
         self.accumulate = max(round(nbs / opt.batch_size), 1)
         hyp["weight_decay"] *= opt.batch_size * self.accumulate / nbs
         self.optimizer = build_optimizer(self.model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
         self.lf = lr_lambda(opt.epochs, hyp["lrf"], opt.linear_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = self.precision.grad_scaler()
         self.criterion = build_criterion(hyp, self.model.head.kind, opt.img_size)
         self.ema = ModelEMA(self.model) if self.dist.is_main else None
         self.start_epoch, self.best_fitness = 0, -1.0
@@ -136,11 +141,14 @@ class Trainer:
         # the loader's keys carry their epoch: where to start, and when mosaic closes
         self.train_loader.batch_sampler.start_epoch = self.start_epoch
         self.train_set.mosaic_epochs = mosaic_epochs(opt.epochs, int(self.hyp["close_mosaic"]))
+        compile_model(unwrap(self.model), opt.compile)  # in place, after the EMA's copy
         if self.dist.enabled:
             if opt.sync_bn and self.device.type == "cuda":
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                LOG.info("SyncBatchNorm: %d layers", sum(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules()))
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.norm_stats = NormStats(unwrap(self.model))
         if self.dist.is_main:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(self.run_config(), self.save_dir / "config.yaml")
@@ -198,12 +206,17 @@ class Trainer:
         t0 = time.time()
         stale = 0
         for epoch in range(self.start_epoch, opt.epochs):
-            t_epoch = time.time()
-            losses = self.train_one_epoch(epoch)
-            self.epoch_seconds = time.time() - t_epoch
-            self.scheduler.step()
-            if self.dist.is_main:
-                results = self.end_epoch(epoch, losses)
+            try:
+                t_epoch = time.time()
+                losses = self.train_one_epoch(epoch)
+                self.epoch_seconds = time.time() - t_epoch
+                self.scheduler.step()
+                if self.dist.is_main:
+                    results = self.end_epoch(epoch, losses)
+            except RuntimeError as e:
+                if is_out_of_memory(e):
+                    raise OutOfMemory(out_of_memory_message(self.device, opt.batch_size, opt.img_size)) from None
+                raise
                 stale = 0 if results.get("improved") else stale + 1
             if opt.patience and all_reduce_max(float(stale >= opt.patience), self.dist, self.device):
                 LOG.info("no improvement for %d epochs: stopping early", opt.patience)
@@ -246,8 +259,9 @@ class Trainer:
         images = batch.images.float() / 255.0
         if self.opt.multi_scale:
             images, batch = multi_scale(images, batch, self.opt.img_size, self.stride)
-        with torch.autocast(self.device.type, enabled=self.amp):
-            outputs = self.model(images)
+        self.norm_stats.save()
+        with self.precision.autocast(self.device):
+            outputs = self.model(images.contiguous(memory_format=self.memory_format))
         loss, terms = self.criterion(outputs, batch)  # loss in fp32: the head output is upcast inside
         if self.dist.enabled:
             loss = loss * self.dist.world_size
@@ -266,6 +280,7 @@ class Trainer:
         self.bad_steps += 1
         self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
+        self.norm_stats.restore()
         LOG.warning("non-finite loss %s: step skipped (%d in a row)", {k: float(v) for k, v in terms.items()}, self.bad_steps)
         if self.bad_steps >= MAX_BAD_STEPS:
             raise FloatingPointError(f"{MAX_BAD_STEPS} non-finite losses in a row: stopping. Lower --hyp lr0, "
@@ -376,6 +391,25 @@ def multi_scale(images: torch.Tensor, batch: Batch, img_size: int, stride: int) 
         masks = masks.new_zeros((0, new_hw[0] // 4, new_hw[1] // 4))
     return images, Batch(batch.images, batch.batch_idx, batch.classes, boxes, masks, batch.image_ids,
                          batch.paths, batch.orig_shapes, batch.ratio_pads)
+
+
+class NormStats:
+    """The BatchNorm running statistics, saved before every forward. A step skipped for a
+    non-finite loss restores them: the overflowing batch (float16 activations under AMP) would
+    otherwise leave inf/NaN in running_mean/var for good, and every later evaluation with them."""
+
+    def __init__(self, model: nn.Module):
+        self.live = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                     for b in m.buffers(recurse=False)]
+        self.saved = [b.clone() for b in self.live]
+
+    def save(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.saved, self.live)  # one fused copy, not one per buffer
+
+    def restore(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.live, self.saved)
 
 
 def _newest_last(project: str) -> Path:

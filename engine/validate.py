@@ -9,6 +9,7 @@ from typing import Callable
 from data.config import load_data_config
 from data.loader import build_dataloader
 from engine.checkpoint import load_model
+from engine.device import compile_model, configure_cuda, memory_format
 from engine.coco_eval import EvaluationError
 from engine.evaluator import evaluate
 from utils.checkpoint import CheckpointError
@@ -21,8 +22,12 @@ def run_validation(args: Namespace, write_txt: Callable) -> int:
     try:
         if not args.weights:
             raise ConfigError("--weights is required (or --ann-json with --pred-json)")
-        device = select_device(args.device)
+        device = select_device(args.device, several=True)
+        configure_cuda(device, fixed_shapes=False)  # rectangular batches vary in shape
         model, ckpt = load_model(args.weights, device, fuse=True)
+        if args.half and device.type == "cuda":
+            model.half()  # here, so that a compiled model is compiled in half precision
+        compile_model(model.to(memory_format=memory_format(device, "inference")), args.compile)
         config = ckpt.get("config", {})
         data = args.data or config.get("data")
         if not data:
@@ -36,7 +41,8 @@ def run_validation(args: Namespace, write_txt: Callable) -> int:
         img_size = args.img_size or int(config.get("img_size", 640))
         split = "test" if args.task == "test" else "val"
         loader, dataset = build_dataloader(data_cfg, split, img_size, args.batch_size, rect=True,
-                                           workers=args.workers, single_cls=single_cls, stride=int(max(model.stride)))
+                                           workers=args.workers, single_cls=single_cls, stride=int(max(model.stride)),
+                                           pin_memory=device.type == "cuda")
         save_dir = new_run_dir(args.project, args.name, args.exist_ok)
         result = evaluate(model, loader, dataset, device, args.conf_thres, args.iou_thres, args.max_det,
                           args.half, save_dir, save_json=args.save_json or args.save_txt, plots=True, verbose=args.verbose,

@@ -58,9 +58,10 @@ def bbox_to_dist(points: Tensor, boxes: Tensor) -> Tensor:
 def anchor_points(shapes: list[tuple[int, int]], strides: Tensor) -> tuple[Tensor, Tensor]:
     """Cell centres of every level, row-major per level: -> points (A,2) xy pixels, strides (A,1)."""
     points, steps = [], []
+    dev = strides.device  # made there: no host-to-device copy in every loss call
     for (h, w), s in zip(shapes, strides.tolist()):
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                                indexing="ij")
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=dev),
+                                torch.arange(w, dtype=torch.float32, device=dev), indexing="ij")
         points.append((torch.stack((xs, ys), -1).view(-1, 2) + 0.5) * s)
-        steps.append(torch.full((h * w, 1), float(s)))
-    return torch.cat(points).to(strides.device), torch.cat(steps).to(strides.device)
+        steps.append(torch.full((h * w, 1), float(s), device=dev))
+    return torch.cat(points), torch.cat(steps)

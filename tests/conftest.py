@@ -31,3 +31,88 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").is_file():
         pytest.skip(f"real COCO samples not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_cfg():
+    """small_cfg(kind) -> gp-n-seg as a cfg dict, with its anchor-based head ('anchor') or an
+    anchor-free one of the same width ('anchor_free'): both heads at CPU-test cost."""
+    import yaml
+
+    base = yaml.safe_load((ROOT / "cfg/models/gp-n-seg.yaml").read_text())
+
+    def make(kind: str = "anchor") -> dict:
+        cfg = {**base, "head": list(base["head"]), "name": f"gp-n-seg-{kind}"}
+        if kind == "anchor_free":
+            cfg["head"][-1] = [cfg["head"][-1][0], 1, "AnchorFreeHead", ["nc", 32, 64, 16]]
+        return cfg
+
+    return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a GPU: here they skip, saying so (benchmarks/gpu_check.py runs them)."""
+    cuda_items = [item for item in items if "cuda" in item.keywords]
+    if not cuda_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="no CUDA")
+        for item in cuda_items:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def make_trainer(small_cfg, tmp_path):
+    """make_trainer(kind, **options) -> a set-up Trainer of the small model on the bundled data,
+    ready for train_step (no run has started: the per-run counters are zero)."""
+    import yaml
+
+    from engine.options import TrainOptions
+    from engine.trainer import Trainer
+
+    def make(kind: str = "anchor", **options):
+        cfg = tmp_path / f"{kind}.yaml"
+        cfg.write_text(yaml.safe_dump(small_cfg(kind)))
+        opt = {"cfg": str(cfg), "data": str(ROOT / "cfg/data/coco-mini.yaml"), "epochs": 1, "batch_size": 4,
+               "img_size": 96, "workers": 0, "device": "cpu", "noval": True, "project": str(tmp_path / "runs"),
+               **options}
+        trainer = Trainer(TrainOptions(**opt))
+        trainer.setup()
+        trainer.accumulate_now, trainer.bad_steps, trainer.skipped_steps, trainer.global_step = 1, 0, 0, 0
+        return trainer
+
+    return make
+
+
+def write_subset(folder: Path, n: int, large: bool = False) -> Path:
+    """A dataset YAML in `folder` whose train and val splits are the same n bundled images (the
+    first n, or with large=True the n with the fewest small objects: the easiest to fit at a low
+    resolution)."""
+    import json
+
+    import yaml
+
+    src = json.loads((BUNDLED / "annotations/instances_train.json").read_text())
+    ids = [im["id"] for im in src["images"]]
+    if large:
+        small_share: dict[int, list[bool]] = {}
+        for a in src["annotations"]:
+            if not a["iscrowd"]:
+                small_share.setdefault(a["image_id"], []).append(a["area"] < 64 * 64)
+        ids = [k for _, k in sorted((sum(v) / len(v), k) for k, v in small_share.items())]
+    keep = set(ids[:n])
+    sub = {**src, "images": [i for i in src["images"] if i["id"] in keep],
+           "annotations": [a for a in src["annotations"] if a["image_id"] in keep]}
+    (folder / f"subset{n}.json").write_text(json.dumps(sub))
+    split = {"images": "images", "annotations": str(folder / f"subset{n}.json")}
+    out = folder / f"subset{n}.yaml"
+    out.write_text(yaml.safe_dump({"format": "coco", "path": str(BUNDLED), "train": split, "val": split}))
+    return out
+
+
+@pytest.fixture
+def subset_data(tmp_path):
+    """subset_data(n, large=False) -> write_subset(tmp_path, n, large)."""
+    return lambda n, large=False: write_subset(tmp_path, n, large)

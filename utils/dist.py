@@ -1,12 +1,15 @@
 """Devices and torch.distributed (torchrun) plumbing, NCCL on GPUs and gloo on CPU."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
+
+LOG = logging.getLogger("gradpath.dist")
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,8 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Launched by torchrun, even with one process: the same NCCL/DDP path as on many GPUs."""
+        return self.rank >= 0
 
     @property
     def is_main(self) -> bool:
@@ -25,32 +29,65 @@ class DistInfo:
 
 
 def dist_info_from_env() -> DistInfo:
-    """What torchrun put in the environment (RANK, LOCAL_RANK, WORLD_SIZE)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world <= 1:
+    """What torchrun put in the environment (RANK, LOCAL_RANK, WORLD_SIZE); not distributed
+    without it."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
-    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), world)
+    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
 
 
-def select_device(spec: str = "", info: DistInfo = DistInfo()) -> torch.device:
-    """'' (auto), 'cpu', '0' or '0,1,2,3'. Under torchrun each rank takes cuda:LOCAL_RANK."""
-    spec = str(spec).strip().lower().replace("cuda:", "")
+def select_device(spec: str = "", info: DistInfo = DistInfo(), several: bool = False) -> torch.device:
+    """'' (auto), 'cpu', '0', 'cuda:0' or '0,1,2,3'. Under torchrun each rank takes the
+    LOCAL_RANK-th listed device. Outside torchrun a list of several is an error, unless
+    `several` (inference: the first is used). Every problem is a one-line ValueError."""
+    spec = str(spec).strip().lower().replace(" ", "")
     if spec == "cpu":
         return torch.device("cpu")
-    if spec and not torch.cuda.is_available():
-        raise ValueError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
-    if spec:
-        ids = [s for s in spec.split(",") if s]
-        bad = [s for s in ids if not s.isdigit() or int(s) >= torch.cuda.device_count()]
-        if bad:
-            raise ValueError(f"--device {spec}: no such CUDA device {bad} "
-                             f"({torch.cuda.device_count()} visible)")
-        if info.enabled:
-            return torch.device("cuda", int(ids[info.local_rank % len(ids)]))
-        return torch.device("cuda", int(ids[0]))
-    if torch.cuda.is_available():
-        return torch.device("cuda", max(info.local_rank, 0))
-    return torch.device("cpu")
+    ids = _parse_ids(spec)
+    if (ids or spec == "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {spec}: {_why_no_cuda()}; use --device cpu")
+    if not ids:  # auto, or plain 'cuda'
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        ids = list(range(torch.cuda.device_count()))
+        if not info.enabled:
+            ids = ids[:1]
+    count = torch.cuda.device_count()
+    bad = [i for i in ids if i >= count]
+    if bad:
+        raise ValueError(f"--device {spec}: no CUDA device {','.join(map(str, bad))} "
+                         f"({count} visible: {', '.join(map(str, range(count))) or 'none'})")
+    if info.enabled:
+        if info.local_rank >= len(ids):
+            raise ValueError(f"--device {spec or 'auto'}: {len(ids)} GPU(s) for local rank {info.local_rank}; "
+                             f"start at most {len(ids)} processes per node (torchrun --nproc_per_node)")
+        return torch.device("cuda", ids[info.local_rank])
+    if len(ids) > 1 and not several:
+        raise ValueError(f"--device {spec}: one process trains on one GPU; for {len(ids)} GPUs run "
+                         f"torchrun --nproc_per_node {len(ids)} train.py ... --device {spec}")
+    return torch.device("cuda", ids[0])
+
+
+def _parse_ids(spec: str) -> list[int]:
+    """'0,1' or 'cuda:0' -> [0, 1] / [0]; '' and 'cuda' -> []."""
+    if spec in ("", "cuda"):
+        return []
+    parts = [s.removeprefix("cuda:") for s in spec.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"--device {spec}: expected cpu, a CUDA index such as 0, or a list such as 0,1,2,3")
+    ids = [int(p) for p in parts]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--device {spec}: a GPU is listed twice")
+    return ids
+
+
+def _why_no_cuda() -> str:
+    if torch.version.cuda is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return f"no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible!r})"
+    return f"CUDA is not available (torch {torch.__version__} found no NVIDIA driver or GPU)"
 
 
 def init_distributed(info: DistInfo, device: torch.device, timeout_min: int = 30) -> None:
@@ -60,6 +97,7 @@ def init_distributed(info: DistInfo, device: torch.device, timeout_min: int = 30
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     tdist.init_process_group(backend, timeout=timedelta(minutes=timeout_min))
+    LOG.info("torch.distributed: %s backend, rank %d of %d on %s", backend, info.rank, info.world_size, device)
 
 
 def barrier(info: DistInfo) -> None:

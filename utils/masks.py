@@ -31,6 +31,7 @@ def decode_masks(coef: Tensor, proto: Tensor, boxes_input: Tensor, input_shape: 
     """
     n = coef.shape[0]
     h0, w0 = orig_shape
+    boxes_input = boxes_input.float()  # float16 pixel centres are 1-2 px apart beyond 1024 px
     if n == 0:
         return torch.zeros((0, h0, w0), dtype=torch.bool, device=coef.device)
     nm, ph, pw = proto.shape

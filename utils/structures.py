@@ -57,6 +57,13 @@ class Batch:
         return Batch(move(self.images), move(self.batch_idx), move(self.classes), move(self.boxes),
                      move(self.masks), self.image_ids, self.paths, self.orig_shapes, self.ratio_pads)
 
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies, so `to(cuda, non_blocking=True)` overlaps with compute. The
+        DataLoader's pin_memory thread calls this (it leaves objects without it unpinned)."""
+        pin = lambda t: t.pin_memory()  # noqa: E731
+        return Batch(pin(self.images), pin(self.batch_idx), pin(self.classes), pin(self.boxes), pin(self.masks),
+                     self.image_ids, self.paths, self.orig_shapes, self.ratio_pads)
+
     def __len__(self) -> int:
         return self.images.shape[0]
 

@@ -1,0 +1,111 @@
+"""Precision and speed settings of a device, shared by training and inference: AMP dtype and
+GradScaler, cuDNN benchmark, TF32, channels_last, torch.compile, and CUDA out-of-memory as one
+line that names the batch size and the memory."""
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LOG = logging.getLogger("gradpath.device")
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+# Memory format by (device type, use), chosen from measurements only: on the 2-core CPU machine
+# channels_last makes fused inference 2-3x faster (oneDNN); nothing has been measured on a GPU yet,
+# so GPUs keep PyTorch's default until benchmarks/gpu_check.py's channels_last rows say otherwise.
+CHANNELS_LAST = {("cpu", "inference"): True, ("cpu", "train"): False,
+                 ("cuda", "inference"): False, ("cuda", "train"): False}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Mixed precision of a training run: autocast on or off, in which dtype, and whether the
+    loss needs scaling (float16 only: bfloat16 has float32's exponent range)."""
+
+    amp: bool = False
+    dtype: torch.dtype = torch.float16
+
+    @property
+    def scaled(self) -> bool:
+        return self.amp and self.dtype == torch.float16
+
+    def autocast(self, device: torch.device) -> AbstractContextManager:
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.amp)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler("cuda", enabled=self.scaled)
+
+
+def amp_precision(device: torch.device, amp: bool, amp_dtype: str = "fp16") -> Precision:
+    """--amp fp16|bf16 (and --no-amp): autocast on CUDA only; CPU training stays in float32."""
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"--amp {amp_dtype}: expected one of {', '.join(AMP_DTYPES)}")
+    on = bool(amp) and device.type == "cuda"
+    if on and amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; use --amp fp16")
+    return Precision(on, AMP_DTYPES[amp_dtype])
+
+
+def configure_cuda(device: torch.device, fixed_shapes: bool) -> dict[str, object]:
+    """cuDNN autotuning when every batch has the same shape (it re-tunes for each new shape), and
+    TF32 matmuls and convolutions on Ampere and newer. Process-wide torch switches; returns what
+    was set."""
+    if device.type != "cuda":
+        return {}
+    torch.backends.cudnn.benchmark = bool(fixed_shapes)
+    major, minor = torch.cuda.get_device_capability(device)
+    tf32 = major >= 8
+    if tf32:
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9 API
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+    return {"cudnn_benchmark": bool(fixed_shapes), "tf32": tf32, "capability": f"{major}.{minor}"}
+
+
+def memory_format(device: torch.device, use: str, channels_last: bool | None = None) -> torch.memory_format:
+    """channels_last where the table above (or an explicit choice) says so; use: 'train' or 'inference'."""
+    if channels_last is None:
+        channels_last = CHANNELS_LAST.get((device.type, use), False)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def compile_model(model: nn.Module, enabled: bool, backend: str = "inductor") -> nn.Module:
+    """torch.compile in place (Module.compile): the same object, the same state_dict keys, so
+    checkpoints, EMA and DDP see the plain model. Compilation happens at the first call."""
+    if enabled:
+        model.compile(backend=backend)
+    return model
+
+
+class OutOfMemory(RuntimeError):
+    """The GPU ran out of memory; the message is one line with the batch size and the memory."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError, or a cuBLAS/cuDNN allocation failure reported as a RuntimeError."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("CUDA out of memory" in text or "ALLOC_FAILED" in text)
+
+
+def out_of_memory_message(device: torch.device, batch_size: int, img_size: int, what: str = "training") -> str:
+    """One line: what ran out, at which batch size, with the device's memory figures."""
+    head = f"CUDA out of memory {what} at --batch-size {batch_size} --img-size {img_size}"
+    if device.type != "cuda":
+        return f"{head}; lower --batch-size"
+    try:
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        peak = torch.cuda.max_memory_reserved(device) / 2**30
+        name = torch.cuda.get_device_name(device)
+        where = f" on {device} ({name}, {total:.1f} GiB total, {peak:.1f} GiB reserved by this process at the peak)"
+    except RuntimeError:  # the device is in a bad state: the batch size alone still helps
+        where = f" on {device}"
+    return f"{head}{where}; lower --batch-size (or --img-size)"
