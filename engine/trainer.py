@@ -149,6 +149,13 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.norm_stats = NormStats(unwrap(self.model))
+        nb = len(self.train_loader)
+        self.n_warmup = warmup_iterations(self.hyp, nb)
+        self.bad_steps, self.skipped_steps, self.global_step = 0, 0, self.start_epoch * nb
+        self.accumulate_now = self.accumulate
+        # the optimizer steps on the global batch counter: an accumulation runs on across an epoch's
+        # end instead of being cut short there (on a small dataset, most of them would be)
+        self.last_opt_step = self.start_epoch * nb - 1
         if self.dist.is_main:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(self.run_config(), self.save_dir / "config.yaml")
@@ -195,12 +202,6 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         self.setup()
         opt = self.opt
-        nb = len(self.train_loader)
-        self.n_warmup = warmup_iterations(self.hyp, nb)
-        self.bad_steps, self.skipped_steps, self.global_step = 0, 0, self.start_epoch * nb
-        # the optimizer steps on the global batch counter: an accumulation runs on across an epoch's
-        # end instead of being cut short there (on a small dataset, most of them would be)
-        self.last_opt_step = self.start_epoch * nb - 1
         self.optimizer.zero_grad(set_to_none=True)
         results: dict[str, Any] = {}
         t0 = time.time()
@@ -217,6 +218,7 @@ class Trainer:
                 if is_out_of_memory(e):
                     raise OutOfMemory(out_of_memory_message(self.device, opt.batch_size, opt.img_size)) from None
                 raise
+            if self.dist.is_main:  # the other ranks learn of it through the all-reduce below
                 stale = 0 if results.get("improved") else stale + 1
             if opt.patience and all_reduce_max(float(stale >= opt.patience), self.dist, self.device):
                 LOG.info("no improvement for %d epochs: stopping early", opt.patience)

@@ -80,7 +80,7 @@ def make_trainer(small_cfg, tmp_path):
                **options}
         trainer = Trainer(TrainOptions(**opt))
         trainer.setup()
-        trainer.accumulate_now, trainer.bad_steps, trainer.skipped_steps, trainer.global_step = 1, 0, 0, 0
+        trainer.accumulate_now = 1  # step on every batch
         return trainer
 
     return make

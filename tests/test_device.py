@@ -226,7 +226,7 @@ def test_a_non_finite_loss_skips_the_step_and_leaves_the_model_as_it_was(make_tr
     with torch.no_grad():
         conv.weight[0, 0, 0, 0] = float("inf")
     state = copy.deepcopy(trainer.model.state_dict())
-    assert trainer.train_step(batch, 0, 1) == {} and trainer.skipped_steps == 1
+    assert trainer.train_step(batch, 0) == {} and trainer.skipped_steps == 1
     after = trainer.model.state_dict()
     moved = [k for k in state if not torch.equal(state[k], after[k]) and not (
         state[k].is_floating_point() and torch.isnan(state[k]).all() and torch.isnan(after[k]).all())]
@@ -234,7 +234,7 @@ def test_a_non_finite_loss_skips_the_step_and_leaves_the_model_as_it_was(make_tr
     assert trainer.ema.updates == 0 and not trainer.optimizer.state
     with torch.no_grad():
         conv.weight.copy_(sane)
-    terms = trainer.train_step(batch, 0, 1)
+    terms = trainer.train_step(batch, 0)
     assert terms and all(torch.isfinite(torch.tensor(v)) for v in terms.values()) and trainer.bad_steps == 0
     assert all(torch.isfinite(b).all() for b in trainer.model.buffers() if b.is_floating_point())
 

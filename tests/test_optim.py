@@ -95,7 +95,8 @@ def _stepping_trainer(batches_per_epoch: int, accumulate: int, n_warmup: int):
     loss has gradient 1 per batch: each optimizer step records the gradient it was given."""
     from types import SimpleNamespace
 
-    from engine.trainer import Trainer
+    from engine.device import Precision
+    from engine.trainer import NormStats, Trainer
     from utils.dist import DistInfo
     from utils.structures import Batch
 
@@ -114,7 +115,8 @@ def _stepping_trainer(batches_per_epoch: int, accumulate: int, n_warmup: int):
     t.criterion = lambda out, b: (out.sum(), {"loss": out.sum().detach()})
     t.model.forward = lambda images: t.model.weight.sum() + 0 * images.sum()
     t.opt = SimpleNamespace(epochs=10, multi_scale=False, log_grads=0)
-    t.dist, t.device, t.amp, t.ema = DistInfo(rank=1, world_size=1), torch.device("cpu"), False, None
+    t.dist, t.device, t.ema = DistInfo(rank=1, world_size=1), torch.device("cpu"), None
+    t.precision, t.memory_format, t.norm_stats = Precision(False, torch.float32), torch.contiguous_format, NormStats(t.model)
     t.scaler = torch.amp.GradScaler("cuda", enabled=False)
     t.hyp, t.lf = load_hyp(), lambda e: 1.0
     t.accumulate, t.n_warmup, t.bad_steps, t.global_step, t.last_opt_step = accumulate, n_warmup, 0, 0, -1
@@ -146,3 +148,16 @@ def test_close_mosaic_never_closes_a_whole_run():
 
     assert mosaic_epochs(300, 10) == 290 and mosaic_epochs(11, 10) == 1 and mosaic_epochs(40, 0) == 40
     assert mosaic_epochs(3, 10) == 3 and mosaic_epochs(10, 10) == 10  # a 3-epoch fine-tune keeps mosaic
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+def test_patience_stops_after_that_many_epochs_without_improvement(make_trainer, monkeypatch):
+    """--patience 2: the best epoch is the first, so epochs 2 and 3 do not improve and the run
+    stops after the third of its ten."""
+    trainer = make_trainer("anchor", epochs=10, patience=2)
+    ran = []
+    monkeypatch.setattr(trainer, "setup", lambda: None)
+    monkeypatch.setattr(trainer, "train_one_epoch", lambda epoch: ran.append(epoch) or {})
+    monkeypatch.setattr(trainer, "end_epoch", lambda epoch, losses: {"improved": epoch == 0})
+    trainer.fit()
+    assert ran == [0, 1, 2]

@@ -193,7 +193,7 @@ def test_a_whole_training_step_creates_tensors_on_the_input_device(make_trainer,
     batch = next(iter(trainer.train_loader))
     before = [p.detach().clone() for p in trainer.model.parameters()]
     with StrictDevice():
-        terms = trainer.train_step(batch, 0, 1)
+        terms = trainer.train_step(batch, 0)
     assert set(terms) >= {"box", "cls", "seg"} and all(torch.isfinite(torch.tensor(v)) for v in terms.values())
     assert trainer.skipped_steps == 0 and trainer.ema.updates == 1
     assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
