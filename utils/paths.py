@@ -55,7 +55,9 @@ def cache_path(preferred: str | Path) -> Path:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if os.access(existing, os.W_OK):
+    # root may write anywhere: a folder with no write bit (a shared, read-only dataset) is
+    # left alone by everyone
+    if os.access(existing, os.W_OK) and existing.stat().st_mode & 0o222:
         return preferred
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gradpath"
     key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
