@@ -116,11 +116,7 @@ class Trainer:
             loaded, total, differ = transfer_weights(self.model, ckpt.get("ema") or ckpt["model"])
             LOG.info("transferred %d/%d tensors from %s%s", loaded, total, opt.weights,
                      f" (layers that differ from --cfg: {differ})" if differ else "")
-        self.train_loader, self.train_set = build_dataloader(
-            self.data_cfg, "train", opt.img_size, opt.batch_size // max(self.dist.world_size, 1), hyp,
-            augment=True, rect=opt.rect, cache=opt.cache, workers=opt.workers, shuffle=not opt.rect,
-            rank=self.dist.rank, world_size=self.dist.world_size, seed=opt.seed,
-            single_cls=opt.single_cls, stride=self.stride, pin_memory=self.device.type == "cuda")
+        self.train_loader, self.train_set = self.build_train_loader()
         if self.dist.is_main and not opt.noval:
             self.val_loader, self.val_set = build_dataloader(
                 self.data_cfg, "val", opt.img_size, opt.batch_size // max(self.dist.world_size, 1) * 2,
@@ -161,6 +157,16 @@ class Trainer:
             save_yaml(self.run_config(), self.save_dir / "config.yaml")
             self.log = ResultsLog(self.save_dir, resume=self.resume_ckpt is not None)
             self._plot_labels()
+
+    def build_train_loader(self):
+        """(loader, dataset) of the training split. benchmarks/finetune_official_loader.py replaces it
+        to train on batches another loader made."""
+        opt = self.opt
+        return build_dataloader(
+            self.data_cfg, "train", opt.img_size, opt.batch_size // max(self.dist.world_size, 1), self.hyp,
+            augment=True, rect=opt.rect, cache=opt.cache, workers=opt.workers, shuffle=not opt.rect,
+            rank=self.dist.rank, world_size=self.dist.world_size, seed=opt.seed,
+            single_cls=opt.single_cls, stride=self.stride, pin_memory=self.device.type == "cuda")
 
     def _restore(self, ckpt: dict) -> None:
         report = load_state_dict_checked(self.model, ckpt["model"], self.opt.resume)
