@@ -95,10 +95,9 @@ def validate(weights: str, data: Path, args: argparse.Namespace, name: str) -> l
     return box_stats(run(cmd, args.out / f"{name}.log")[0])
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """The fine-tune's weights, recipe and data (shared with finetune_official_loader.py)."""
     p.add_argument("--weights", default=str(SHARED / "official/yolov5n.pt"))
-    p.add_argument("--cfg", default=None, help="train.py --cfg (default: the architecture of --weights)")
     p.add_argument("--hyp", default=str(SHARED / "official/hyp/yolov5-hyp.scratch-low.yaml"))
     p.add_argument("--coco128", default=str(SHARED / "data/dev/coco128_instances"))
     p.add_argument("--dev32", default=str(SHARED / "data/dev/coco_dev32"))
@@ -106,6 +105,12 @@ def main() -> int:
     p.add_argument("--img-size", type=int, default=640)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_recipe_args(p)
+    p.add_argument("--cfg", default=None, help="train.py --cfg (default: the architecture of --weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="")
     p.add_argument("--out", type=Path, default=Path("runs/finetune"))

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.finetune import SHARED, STATS, data_yamls, run, validate  # noqa: E402
+from benchmarks.finetune import STATS, add_recipe_args, data_yamls, run, validate  # noqa: E402
 from engine.options import TrainOptions  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
 from utils.structures import Batch  # noqa: E402
@@ -88,14 +88,7 @@ def main() -> int:
     p.add_argument("--official-python", required=True, help="Python of a venv with the official code's requirements")
     p.add_argument("--official-repo", required=True, help="a checkout of ultralytics/yolov5")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--weights", default=str(SHARED / "official/yolov5n.pt"))
-    p.add_argument("--hyp", default=str(SHARED / "official/hyp/yolov5-hyp.scratch-low.yaml"))
-    p.add_argument("--coco128", default=str(SHARED / "data/dev/coco128_instances"))
-    p.add_argument("--dev32", default=str(SHARED / "data/dev/coco_dev32"))
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--img-size", type=int, default=640)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2)
+    add_recipe_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/finetune-official-loader"))
     args = p.parse_args()
     args.out = args.out.resolve()
