@@ -47,7 +47,16 @@ def test_official_hyp_files_load_as_they_are(shared_data, name, caplog):
     assert len(warnings) == 1 and all(k in warnings[0] for k in inert) and "ignored" in warnings[0]
     assert not any(k in hyp for k in inert)
     assert all(hyp[k] == v for k, v in official.items() if k not in inert)
-    assert hyp["nominal_batch"] == 64 and hyp["warmup_min_iters"] == 100 and hyp["obj_balance"] == [4.0, 1.0, 0.4]
+    assert hyp["nominal_batch"] == 64 and hyp["obj_balance"] == [4.0, 1.0, 0.4]
+    # the official scripts' minimum warmup: YOLOv7 main's train.py 1000 batches, YOLOv5's and u7 seg's 100
+    assert hyp["warmup_min_iters"] == (1000 if name == "yolov7-hyp.scratch.p5.yaml" else 100)
+
+
+def test_a_yolov7_hyp_file_that_sets_its_warmup_minimum_keeps_it(tmp_path):
+    (tmp_path / "h.yaml").write_text("loss_ota: 1\nwarmup_min_iters: 50\n")
+    assert load_hyp(tmp_path / "h.yaml")["warmup_min_iters"] == 50
+    (tmp_path / "v7.yaml").write_text("loss_ota: 1\nlr0: 0.01\n")
+    assert load_hyp(tmp_path / "v7.yaml")["warmup_min_iters"] == 1000
 
 
 def test_inert_keys_do_not_hide_typos(tmp_path, caplog):

@@ -16,6 +16,11 @@ LOG = logging.getLogger("gradpath.config")
 # anchors per level for AutoAnchor (anchors come from the model cfg or its weights); loss_ota,
 # paste_in: YOLOv7's OTA assignment and paste-in augmentation, not implemented.
 INERT_KEYS = ("iou_t", "anchors", "loss_ota", "paste_in")
+# The official training scripts fix the warmup's minimum length in code, not in their hyp files:
+# YOLOv5 (and the YOLOv7 u7 seg code built on it) 100 batches, YOLOv7's main train.py 1000. Every
+# hyp file of YOLOv7 main (and only those) has loss_ota, so such a file gets YOLOv7's minimum
+# unless it sets warmup_min_iters itself.
+YOLOV7_WARMUP_MIN_ITERS = 1000
 
 
 class ConfigError(ValueError):
@@ -50,7 +55,8 @@ def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
 def load_hyp(path: str | Path | None = None) -> dict[str, Any]:
     """The default hyperparameters overridden by `path`; unknown keys and wrong types are errors.
     Official YOLOv5/YOLOv7 files load as they are: their keys without effect here (INERT_KEYS) are
-    named in one warning and dropped; the keys they lack keep the defaults."""
+    named in one warning and dropped; the keys they lack keep the defaults, but for the warmup
+    minimum of YOLOv7's own files (YOLOV7_WARMUP_MIN_ITERS)."""
     hyp = load_yaml(DEFAULT_HYP, "hyperparameter")
     if path is None or resolve_repo_path(path).resolve() == DEFAULT_HYP.resolve():
         return hyp
@@ -74,6 +80,9 @@ def load_hyp(path: str | Path | None = None) -> dict[str, Any]:
         hyp[key] = value
     if inert:
         LOG.warning("%s: %s ignored: no effect in gradpath", path, ", ".join(inert))
+    if "loss_ota" in user and "warmup_min_iters" not in user:
+        hyp["warmup_min_iters"] = YOLOV7_WARMUP_MIN_ITERS
+        LOG.info("%s: a YOLOv7 hyp file: warmup_min_iters %d, as YOLOv7's train.py", path, YOLOV7_WARMUP_MIN_ITERS)
     return hyp
 
 
