@@ -13,7 +13,7 @@ import logging
 import sys
 from dataclasses import fields
 
-from engine.options import TrainOptions
+from engine.options import LR_SCHEDULES, TrainOptions
 
 
 def parse_args(argv: list[str] | None = None) -> TrainOptions:
@@ -40,7 +40,10 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of making expN")
-    p.add_argument("--linear-lr", action="store_true", help="linear LR schedule instead of cosine")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="cosine (YOLOv7's default, YOLOv5 --cos-lr); linear (YOLOv7 --linear-lr: lrf at the last "
+                        "epoch); linear-yolov5 (YOLOv5's default: lrf one epoch past the last)")
+    p.add_argument("--linear-lr", dest="lr_schedule", action="store_const", const="linear", help="--lr-schedule linear")
     p.add_argument("--save-period", type=int, default=d.save_period, help="also save epochN.pt every N epochs")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--close-mosaic", type=int, default=None, help="epochs at the end without mosaic (default: hyp close_mosaic)")

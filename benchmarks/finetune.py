@@ -105,6 +105,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, default=640)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--lr-schedule", default="linear-yolov5", help="train.py --lr-schedule (default: the official "
+                   "YOLOv5 train.py's, which made the official figures)")
 
 
 def main() -> int:
@@ -122,8 +124,8 @@ def main() -> int:
     before = validate(args.weights, dev32_yaml, args, "val-before")
     cmd = [sys.executable, "train.py", "--weights", args.weights, "--data", str(train_yaml), "--hyp", args.hyp,
            "--epochs", str(args.epochs), "--img-size", str(args.img_size), "--batch-size", str(args.batch_size),
-           "--workers", str(args.workers), "--seed", str(args.seed), "--project", str(args.out), "--name", "train",
-           "--exist-ok"] + (["--cfg", args.cfg] if args.cfg else []) + (["--device", args.device] if args.device else [])
+           "--workers", str(args.workers), "--seed", str(args.seed), "--lr-schedule", args.lr_schedule,
+           "--project", str(args.out), "--name", "train", "--exist-ok"] + (["--cfg", args.cfg] if args.cfg else []) + (["--device", args.device] if args.device else [])
     _, peak, pss, seconds = run(cmd, args.out / "train.log")
     with (args.out / "train/results.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -98,13 +98,13 @@ def main() -> int:
     n_images = len(list((coco128 / "images/train2017").iterdir()))
     common = dict(weights=args.weights, data=str(train_yaml), hyp=args.hyp, epochs=args.epochs,
                   img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, project=str(args.out),
-                  exist_ok=True, noval=True)
+                  exist_ok=True, noval=True, lr_schedule=args.lr_schedule)
     rows = []
     for seed in args.seeds:
         cmd = [sys.executable, "train.py", "--weights", args.weights, "--data", str(train_yaml), "--hyp", args.hyp,
                "--epochs", str(args.epochs), "--img-size", str(args.img_size), "--batch-size", str(args.batch_size),
                "--workers", str(args.workers), "--project", str(args.out), "--name", f"ours-{seed}", "--exist-ok",
-               "--noval", "--seed", str(seed)]
+               "--noval", "--seed", str(seed), "--lr-schedule", args.lr_schedule]
         run(cmd, args.out / f"ours-{seed}.log")
         ours = validate(str(args.out / f"ours-{seed}/weights/last.pt"), dev32_yaml, args, f"val-ours-{seed}")
         dump = args.out / f"official-batches-{seed}"

@@ -42,13 +42,18 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, wei
     return opt
 
 
-def lr_lambda(epochs: int, lrf: float, linear: bool) -> Callable[[int], float]:
-    """Epoch -> LR factor, as YOLOv7 schedules it: a half cosine from 1 over `epochs` (so the last
-    epoch ends just above lrf, as in YOLOv5 and YOLOv7), or with --linear-lr a straight line to
-    lrf at the last epoch."""
-    if linear:
+def lr_lambda(epochs: int, lrf: float, schedule: str = "cosine") -> Callable[[int], float]:
+    """Epoch -> LR factor from 1 towards lrf. "cosine": a half cosine over `epochs`, the last epoch
+    just above lrf (YOLOv7's default, YOLOv5's --cos-lr); "linear": a straight line reaching lrf at
+    the last epoch (YOLOv7's --linear-lr); "linear-yolov5": a straight line reaching lrf one epoch
+    past the last (YOLOv5's default, so the official YOLOv5 recipe replays exactly)."""
+    if schedule == "linear":
         return lambda e: (1 - e / max(epochs - 1, 1)) * (1.0 - lrf) + lrf
-    return lambda e: ((1 - math.cos(e * math.pi / max(epochs, 1))) / 2) * (lrf - 1) + 1
+    if schedule == "linear-yolov5":
+        return lambda e: (1 - e / max(epochs, 1)) * (1.0 - lrf) + lrf
+    if schedule == "cosine":
+        return lambda e: ((1 - math.cos(e * math.pi / max(epochs, 1))) / 2) * (lrf - 1) + 1
+    raise ValueError(f"--lr-schedule {schedule}: must be one of cosine, linear, linear-yolov5")
 
 
 def warmup_iterations(hyp: dict, batches_per_epoch: int) -> int:

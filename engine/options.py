@@ -29,7 +29,7 @@ class TrainOptions:
     project: str = "runs/train"
     name: str = "exp"
     exist_ok: bool = False
-    linear_lr: bool = False
+    lr_schedule: str = "cosine"  # one of LR_SCHEDULES
     save_period: int = -1
     seed: int = 0
     close_mosaic: int | None = None
@@ -41,6 +41,17 @@ class TrainOptions:
     patience: int = 0
 
 
+LR_SCHEDULES = ("cosine", "linear", "linear-yolov5")
 DEFAULT_CFG = "cfg/models/gp-n-seg.yaml"
 # Training defaults where neither the data YAML (its `train_defaults:`) nor a flag sets a value.
 FALLBACK = {"epochs": 300, "batch_size": 16, "img_size": 640, "hyp": "cfg/hyp/hyp.scratch-high.yaml"}
+
+
+def saved_options(saved: dict) -> dict:
+    """A run's saved args in today's fields (a resumed run may predate a rename): linear_lr became
+    lr_schedule."""
+    saved = dict(saved)
+    if "linear_lr" in saved:
+        linear = saved.pop("linear_lr")
+        saved.setdefault("lr_schedule", "linear" if linear else "cosine")
+    return saved

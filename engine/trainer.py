@@ -22,7 +22,7 @@ from engine.device import (OutOfMemory, amp_precision, compile_model, configure_
                            out_of_memory_message)
 from engine.ema import ModelEMA
 from engine.optim import accumulation, build_optimizer, lr_lambda, warmup, warmup_iterations
-from engine.options import DEFAULT_CFG, FALLBACK, TrainOptions
+from engine.options import DEFAULT_CFG, FALLBACK, TrainOptions, saved_options
 from engine.results import ResultsLog
 from models.losses import build_criterion
 from models.model import build_model
@@ -83,7 +83,7 @@ class Trainer:
         if not saved:
             raise CheckpointError(f"{path}: has no saved training arguments to resume from")
         keep = {"device": self.opt.device, "workers": self.opt.workers}
-        self.opt = TrainOptions(**{**saved, **keep, "resume": str(path), "exist_ok": True})
+        self.opt = TrainOptions(**{**saved_options(saved), **keep, "resume": str(path), "exist_ok": True})
         self.opt.project, self.opt.name = str(path.parent.parent.parent), path.parent.parent.name
         if ckpt.get("epoch", -1) + 1 >= self.opt.epochs:
             raise CheckpointError(f"{path}: training already finished ({ckpt['epoch'] + 1}/{self.opt.epochs} epochs); nothing to resume")
@@ -126,7 +126,7 @@ class Trainer:
         self.accumulate = max(round(nbs / opt.batch_size), 1)
         hyp["weight_decay"] *= opt.batch_size * self.accumulate / nbs
         self.optimizer = build_optimizer(self.model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
-        self.lf = lr_lambda(opt.epochs, hyp["lrf"], opt.linear_lr)
+        self.lf = lr_lambda(opt.epochs, hyp["lrf"], opt.lr_schedule)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.scaler = self.precision.grad_scaler()
         self.criterion = build_criterion(hyp, self.model.head.kind, opt.img_size)

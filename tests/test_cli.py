@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FLAGS = {
     "train.py": "--weights --cfg --data --hyp --epochs --batch-size --img-size --device --workers --project --name "
-                "--exist-ok --resume --rect --cache --multi-scale --single-cls --optimizer --sync-bn --linear-lr "
+                "--exist-ok --resume --rect --cache --multi-scale --single-cls --optimizer --sync-bn --linear-lr --lr-schedule "
                 "--save-period --seed",
     "val.py": "--weights --data --batch-size --img-size --conf-thres --iou-thres --task --save-json --save-txt "
               "--verbose --ann-json --pred-json",

@@ -39,15 +39,27 @@ def test_three_groups_and_no_decay_on_norm_bias_implicit():
 
 
 def test_schedules_fall_from_one_towards_lrf():
-    """Cosine over `epochs` as YOLOv5 and YOLOv7 schedule it (1, 0.75, 0.25 of the way for 3
-    epochs: the last epoch does not sit at lrf); --linear-lr as YOLOv7's, reaching lrf at the last."""
-    cos, lin = lr_lambda(3, 0.01, False), lr_lambda(3, 0.01, True)
+    """Cosine over `epochs` as YOLOv7 (and YOLOv5's --cos-lr) schedule it (1, 0.75, 0.25 of the way
+    for 3 epochs: the last epoch does not sit at lrf); "linear" as YOLOv7's --linear-lr, reaching
+    lrf at the last; "linear-yolov5" as YOLOv5's default, a third of the way per epoch of 3."""
+    cos, lin, v5 = (lr_lambda(3, 0.01, s) for s in ("cosine", "linear", "linear-yolov5"))
     assert [cos(e) for e in range(3)] == pytest.approx([1.0, 1 - 0.25 * 0.99, 1 - 0.75 * 0.99])
     assert [lin(e) for e in range(3)] == pytest.approx([1.0, 1 - 0.5 * 0.99, 0.01])
-    for linear in (False, True):
-        f = lr_lambda(100, 0.1, linear)
-        assert f(0) == pytest.approx(1.0) and f(99) == pytest.approx(0.1, abs=3e-4)
+    assert [v5(e) for e in range(3)] == pytest.approx([1.0, 1 - 0.99 / 3, 1 - 2 * 0.99 / 3])
+    for schedule in ("cosine", "linear", "linear-yolov5"):
+        f = lr_lambda(100, 0.1, schedule)
+        assert f(0) == pytest.approx(1.0) and f(99) == pytest.approx(0.1, abs=1e-2)
         assert all(f(e) >= f(e + 1) - 1e-12 for e in range(99))
+    with pytest.raises(ValueError, match="--lr-schedule step"):
+        lr_lambda(3, 0.01, "step")
+
+
+def test_a_run_saved_before_lr_schedule_resumes_with_its_schedule():
+    from engine.options import TrainOptions, saved_options
+
+    assert TrainOptions(**saved_options({"epochs": 5, "linear_lr": True})).lr_schedule == "linear"
+    assert TrainOptions(**saved_options({"epochs": 5, "linear_lr": False})).lr_schedule == "cosine"
+    assert TrainOptions(**saved_options({"lr_schedule": "linear-yolov5"})).lr_schedule == "linear-yolov5"
 
 
 def test_warmup_lasts_at_least_the_minimum_on_tiny_datasets():
