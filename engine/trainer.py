@@ -62,7 +62,6 @@ class Trainer:
         model_cfg = self._model_cfg()
         self.model = build_model(model_cfg, num_classes=nc)  # a bad cfg fails here, before a run folder exists
         self.precision = amp_precision(self.device, self.opt.amp, self.opt.amp_dtype)  # so does --amp bf16 on a V100
-        self.amp = self.precision.amp
         self.memory_format = memory_format(self.device, "train", self.opt.channels_last or None)
         self.save_dir = self._run_dir()
         self.weights_dir = self.save_dir / "weights"
@@ -83,7 +82,8 @@ class Trainer:
         if not saved:
             raise CheckpointError(f"{path}: has no saved training arguments to resume from")
         keep = {"device": self.opt.device, "workers": self.opt.workers}
-        self.opt = TrainOptions(**{**saved_options(saved), **keep, "resume": str(path), "exist_ok": True})
+        self.opt = TrainOptions(**{**saved_options(saved), **keep, "resume": str(path),
+                                   "exist_ok": True})
         self.opt.project, self.opt.name = str(path.parent.parent.parent), path.parent.parent.name
         if ckpt.get("epoch", -1) + 1 >= self.opt.epochs:
             raise CheckpointError(f"{path}: training already finished ({ckpt['epoch'] + 1}/{self.opt.epochs} epochs); nothing to resume")
@@ -335,7 +335,7 @@ class Trainer:
     def validate(self, model: nn.Module, plots: bool = False, save_json: bool = False, verbose: bool = False):
         from engine.evaluator import evaluate
 
-        return evaluate(model, self.val_loader, self.val_set, self.device, half=self.amp, save_dir=self.save_dir,
+        return evaluate(model, self.val_loader, self.val_set, self.device, half=self.precision.amp, save_dir=self.save_dir,
                         save_json=save_json, plots=plots, verbose=verbose)
 
     def checkpoint(self, epoch: int) -> dict[str, Any]:
