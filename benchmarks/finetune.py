@@ -95,6 +95,14 @@ def validate(weights: str, data: Path, args: argparse.Namespace, name: str) -> l
     return box_stats(run(cmd, args.out / f"{name}.log")[0])
 
 
+def train_args(args: argparse.Namespace, train_yaml: Path, name: str, seed: int) -> list[str]:
+    """train.py's arguments for the fine-tune of `args` (add_recipe_args), run `name` under --out."""
+    return ["--weights", args.weights, "--data", str(train_yaml), "--hyp", args.hyp, "--epochs", str(args.epochs),
+            "--img-size", str(args.img_size), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+            "--seed", str(seed), "--lr-schedule", args.lr_schedule, "--project", str(args.out), "--name", name,
+            "--exist-ok"]
+
+
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     """The fine-tune's weights, recipe and data (shared with finetune_official_loader.py)."""
     p.add_argument("--weights", default=str(SHARED / "official/yolov5n.pt"))
@@ -122,10 +130,8 @@ def main() -> int:
     train_yaml, dev32_yaml = data_yamls(args.out, Path(args.coco128).resolve(), Path(args.dev32).resolve())
 
     before = validate(args.weights, dev32_yaml, args, "val-before")
-    cmd = [sys.executable, "train.py", "--weights", args.weights, "--data", str(train_yaml), "--hyp", args.hyp,
-           "--epochs", str(args.epochs), "--img-size", str(args.img_size), "--batch-size", str(args.batch_size),
-           "--workers", str(args.workers), "--seed", str(args.seed), "--lr-schedule", args.lr_schedule,
-           "--project", str(args.out), "--name", "train", "--exist-ok"] + (["--cfg", args.cfg] if args.cfg else []) + (["--device", args.device] if args.device else [])
+    cmd = [sys.executable, "train.py", *train_args(args, train_yaml, "train", args.seed)]
+    cmd += (["--cfg", args.cfg] if args.cfg else []) + (["--device", args.device] if args.device else [])
     _, peak, pss, seconds = run(cmd, args.out / "train.log")
     with (args.out / "train/results.csv").open() as f:
         rows = list(csv.DictReader(f))

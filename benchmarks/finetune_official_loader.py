@@ -29,20 +29,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.finetune import STATS, add_recipe_args, data_yamls, run, validate  # noqa: E402
+from benchmarks.finetune import STATS, add_recipe_args, data_yamls, run, train_args, validate  # noqa: E402
 from engine.options import TrainOptions  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
+from train import parse_args  # noqa: E402
 from utils.structures import Batch  # noqa: E402
 
 
 class ReplayLoader:
     """The batches of a dump folder, one epoch's per pass, as training batches."""
 
-    def __init__(self, folder: Path, images_per_epoch: int):
+    def __init__(self, folder: Path):
         self.folder = folder
         meta = json.loads((folder / "meta.json").read_text())
         self.batches, self.epochs = meta["batches"], meta["epochs"]
-        self.batch_sampler = SimpleNamespace(start_epoch=0, per_rank=images_per_epoch)
+        self.batch_sampler = SimpleNamespace(start_epoch=0, per_rank=meta["images"])
         self.passes = 0
 
     def __len__(self) -> int:
@@ -72,12 +73,12 @@ def replay_batch(images: torch.Tensor, targets: torch.Tensor) -> Batch:
 class ReplayTrainer(Trainer):
     """The Trainer, unchanged but for where its training batches come from."""
 
-    def __init__(self, opt: TrainOptions, batches: Path, images_per_epoch: int):
+    def __init__(self, opt: TrainOptions, batches: Path):
         super().__init__(opt)
-        self.batches, self.images_per_epoch = batches, images_per_epoch
+        self.batches = batches
 
     def build_train_loader(self):
-        return ReplayLoader(self.batches, self.images_per_epoch), SimpleNamespace(mosaic_epochs=None)
+        return ReplayLoader(self.batches), SimpleNamespace(mosaic_epochs=None)
 
     def _plot_labels(self) -> None:  # the label statistics come from a dataset, which a replay has not
         pass
@@ -86,7 +87,7 @@ class ReplayTrainer(Trainer):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official-python", required=True, help="Python of a venv with the official code's requirements")
-    p.add_argument("--official-repo", required=True, help="a checkout of ultralytics/yolov5")
+    p.add_argument("--official-repo", required=True, help="a checkout of the official YOLOv5 repository")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     add_recipe_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/finetune-official-loader"))
@@ -95,17 +96,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     coco128 = Path(args.coco128).resolve()
     train_yaml, dev32_yaml = data_yamls(args.out, coco128, Path(args.dev32).resolve())
-    n_images = len(list((coco128 / "images/train2017").iterdir()))
-    common = dict(weights=args.weights, data=str(train_yaml), hyp=args.hyp, epochs=args.epochs,
-                  img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, project=str(args.out),
-                  exist_ok=True, noval=True, lr_schedule=args.lr_schedule)
     rows = []
     for seed in args.seeds:
-        cmd = [sys.executable, "train.py", "--weights", args.weights, "--data", str(train_yaml), "--hyp", args.hyp,
-               "--epochs", str(args.epochs), "--img-size", str(args.img_size), "--batch-size", str(args.batch_size),
-               "--workers", str(args.workers), "--project", str(args.out), "--name", f"ours-{seed}", "--exist-ok",
-               "--noval", "--seed", str(seed), "--lr-schedule", args.lr_schedule]
-        run(cmd, args.out / f"ours-{seed}.log")
+        run([sys.executable, "train.py", *train_args(args, train_yaml, f"ours-{seed}", seed), "--noval"],
+            args.out / f"ours-{seed}.log")
         ours = validate(str(args.out / f"ours-{seed}/weights/last.pt"), dev32_yaml, args, f"val-ours-{seed}")
         dump = args.out / f"official-batches-{seed}"
         subprocess.run([args.official_python, str(ROOT / "benchmarks/official_loader_dump.py"),
@@ -113,7 +107,9 @@ def main() -> int:
                         "--hyp", args.hyp, "--epochs", str(args.epochs), "--img-size", str(args.img_size),
                         "--batch-size", str(args.batch_size), "--seed", str(seed), "--out", str(dump)],
                        check=True, stdout=subprocess.DEVNULL)
-        ReplayTrainer(TrainOptions(**common, seed=seed, name=f"official-loader-{seed}"), dump, n_images).fit()
+        # the same train.py arguments: only where the batches come from differs
+        opt = parse_args([*train_args(args, train_yaml, f"official-loader-{seed}", seed), "--noval"])
+        ReplayTrainer(opt, dump).fit()
         theirs = validate(str(args.out / f"official-loader-{seed}/weights/last.pt"), dev32_yaml, args,
                           f"val-official-loader-{seed}")
         rows.append({"seed": seed, "ours": dict(zip(STATS, ours)), "official_loader": dict(zip(STATS, theirs))})

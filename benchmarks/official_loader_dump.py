@@ -23,7 +23,8 @@ import yaml
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repo", type=Path, required=True, help="a checkout of ultralytics/yolov5 (v7.0 or master)")
+    p.add_argument("--repo", type=Path, required=True,
+                   help="a checkout of the official YOLOv5 repository (v7.0 or master)")
     p.add_argument("--images", type=Path, required=True, help="training images; labels/ beside images/, YOLO txt")
     p.add_argument("--hyp", type=Path, required=True)
     p.add_argument("--epochs", type=int, default=3)
@@ -48,8 +49,9 @@ def main() -> int:
     for epoch in range(args.epochs):
         for i, (images, targets, _, _) in enumerate(loader):
             np.savez(args.out / f"e{epoch}_b{i}.npz", images=images.numpy(), targets=targets.numpy())
-    (args.out / "meta.json").write_text(json.dumps({"epochs": args.epochs, "batches": len(loader),
-                                                    "seed": args.seed, "img_size": args.img_size}))
+    meta = {"epochs": args.epochs, "batches": len(loader), "images": len(dataset), "seed": args.seed,
+            "img_size": args.img_size}
+    (args.out / "meta.json").write_text(json.dumps(meta))
     return 0
 
 
