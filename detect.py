@@ -52,9 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    from engine.predictor import PredictOptions, Predictor
-    from engine.sources import SourceError
-    from utils.checkpoint import CheckpointError
+    from engine.infer.predictor import PredictOptions, Predictor
+    from engine.infer.sources import SourceError
+    from utils.errors import CheckpointError
     from utils.paths import newest
 
     if not args.weights:

@@ -26,8 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    from engine.export import export_onnx
-    from utils.checkpoint import CheckpointError
+    from engine.export.onnx import export_onnx
+    from utils.errors import CheckpointError
 
     try:
         out, diff = export_onnx(args.weights, args.img_size, args.dynamic, args.half, args.opset, args.out,

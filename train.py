@@ -13,7 +13,7 @@ import logging
 import sys
 from dataclasses import fields
 
-from engine.options import LR_SCHEDULES, TrainOptions
+from engine.config import LR_SCHEDULES, TrainOptions
 
 
 def parse_args(argv: list[str] | None = None) -> TrainOptions:
@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_args(argv)
     from engine.device import OutOfMemory
-    from engine.trainer import Trainer
+    from engine.train.trainer import Trainer
     from models.parser import CfgError
-    from utils.checkpoint import CheckpointError
-    from utils.config import ConfigError, error_line
+    from utils.errors import CheckpointError
+    from utils.errors import ConfigError, error_line
 
     try:
         Trainer(opt).fit()

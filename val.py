@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def score_files(ann_json: str, pred_json: str) -> int:
     """The model-free path: imports no torch."""
-    from engine.coco_eval import EvaluationError, format_tables, score
+    from engine.eval.coco_eval import EvaluationError, format_tables, score
 
     try:
         preds = json.loads(Path(pred_json).read_text())
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             return 2
         return score_files(args.ann_json, args.pred_json)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from engine.validate import run_validation
+    from engine.eval.validate import run_validation
 
     return run_validation(args, write_txt)
 

@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from data.config import load_data_config  # noqa: E402
 from data.loader import build_dataloader  # noqa: E402
-from engine.speed import loader_rate  # noqa: E402
-from utils.config import load_hyp  # noqa: E402
+from benchmarks.harness.speed import loader_rate  # noqa: E402
+from engine.config import load_hyp  # noqa: E402
 
 COCO128 = ROOT.parent / "shared/data/dev/coco128_instances"
 

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.finetune import STATS, add_recipe_args, data_yamls, run, train_args, validate  # noqa: E402
-from engine.options import TrainOptions  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from engine.config import TrainOptions  # noqa: E402
+from engine.train.trainer import Trainer  # noqa: E402
 from train import parse_args  # noqa: E402
 from utils.structures import Batch  # noqa: E402
 

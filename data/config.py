@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.config import ConfigError, load_yaml
+from utils.errors import ConfigError
+from utils.io import load_yaml
 from utils.paths import REPO_ROOT
 
 KNOWN_KEYS = {"format", "path", "train", "val", "test", "names", "nc", "train_defaults", "download"}

@@ -11,8 +11,8 @@ import pycocotools.mask as mask_utils
 
 from data.config import DataConfig, SplitSpec
 from data.label_index import IndexBuilder, LabelIndex, check_instance, file_stamp
-from utils.checkpoint import atomic_write_text
-from utils.config import ConfigError
+from utils.io import atomic_write_text
+from utils.errors import ConfigError
 from utils.paths import cache_path
 
 LOG = logging.getLogger("gradpath.data")

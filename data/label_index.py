@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.checkpoint import atomic_write_bytes
+from utils.io import atomic_write_bytes
 
 LOG = logging.getLogger("gradpath.data")
 INDEX_VERSION = 2

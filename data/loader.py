@@ -19,7 +19,7 @@ from data.config import DataConfig
 from data.datasets import load_index, write_coco_json
 from data.images import ImageReader, UnreadableImage
 from data.label_index import LabelIndex
-from utils.config import ConfigError
+from utils.errors import ConfigError
 from utils.paths import cache_path
 from utils.structures import Batch, Sample
 

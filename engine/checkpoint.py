@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from models.model import build_model
-from models.official_io import is_official_checkpoint
-from utils.checkpoint import CheckpointError, load_checkpoint
+from models.official.unpickler import is_official_checkpoint
+from utils.errors import CheckpointError
+from utils.io import load_checkpoint
 
 
 def read_weights(path: str | Path) -> dict[str, Any]:
@@ -18,7 +19,7 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     converted in memory (its code is never imported or run: see models/official_io.py)."""
     if not is_official_checkpoint(path):
         return load_checkpoint(path)
-    from models.convert import official_checkpoint
+    from models.official.convert import official_checkpoint
 
     ckpt, notes = official_checkpoint(path)
     print(f"{path}: official YOLOv5/YOLOv7 checkpoint, converted in memory"

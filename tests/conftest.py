@@ -11,9 +11,24 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Real COCO samples shipped beside the repo in CI; a user's clone may not have them.
+# Real COCO samples (shared/data) and the official files (shared/official) beside the repo in CI;
+# a user's clone may not have them. This is the one place that says where they are.
 SHARED_DATA = Path(os.environ.get("GRADPATH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED = SHARED_DATA.parent
+OFFICIAL = SHARED / "official"
 BUNDLED = ROOT / "datasets" / "coco-mini"
+
+
+def require_shared(path: Path, what: str) -> Path:
+    """`path` if it exists; else skip the test, or fail it under GRADPATH_REQUIRE_SHARED=1 (set by
+    .ci/run where ../shared exists, so that shared material that moved fails CI instead of
+    skipping the tests that check against it)."""
+    if path.exists():
+        return path
+    message = f"{what} not found at {path}"
+    if os.environ.get("GRADPATH_REQUIRE_SHARED") == "1":
+        pytest.fail(f"GRADPATH_REQUIRE_SHARED=1: {message}", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +43,15 @@ def bundled() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not (SHARED_DATA / "README.md").is_file():
-        pytest.skip(f"real COCO samples not found at {SHARED_DATA}")
+    require_shared(SHARED_DATA / "README.md", "real COCO samples")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def official() -> Path:
+    """shared/official: the official checkpoints and the official code's outputs."""
+    require_shared(OFFICIAL / "README.md", "official checkpoints")
+    return OFFICIAL
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +90,8 @@ def make_trainer(small_cfg, tmp_path):
     ready for train_step (no run has started: the per-run counters are zero)."""
     import yaml
 
-    from engine.options import TrainOptions
-    from engine.trainer import Trainer
+    from engine.config import TrainOptions
+    from engine.train.trainer import Trainer
 
     def make(kind: str = "anchor", **options):
         cfg = tmp_path / f"{kind}.yaml"

@@ -1,0 +1,78 @@
+"""Hyperparameter and run-folder handling: bad input fails at start-up with the field named."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import require_shared
+from utils.errors import ConfigError
+from engine.config import load_hyp
+from utils.io import load_yaml
+from utils.paths import increment_path, new_run_dir
+
+
+def test_default_hyp_has_the_paper_recipe():
+    hyp = load_hyp()
+    assert hyp["lr0"] == 0.01 and hyp["momentum"] == 0.937 and hyp["obj_balance"] == [4.0, 1.0, 0.4]
+    assert (hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"], hyp["scale"], hyp["mixup"]) == (0.015, 0.7, 0.4, 0.9, 0.1)
+
+
+def test_user_hyp_overrides_and_errors(tmp_path):
+    good = tmp_path / "h.yaml"
+    good.write_text("lr0: 0.02\nmosaic: 0.5\n")
+    hyp = load_hyp(good)
+    assert hyp["lr0"] == 0.02 and hyp["mosaic"] == 0.5 and hyp["momentum"] == 0.937
+    (tmp_path / "u.yaml").write_text("lr_0: 0.02\n")
+    with pytest.raises(ConfigError, match=r"u.yaml: unknown hyperparameter 'lr_0'"):
+        load_hyp(tmp_path / "u.yaml")
+    (tmp_path / "t.yaml").write_text("lr0: fast\n")
+    with pytest.raises(ConfigError, match=r"t.yaml: hyperparameter 'lr0' must be a number"):
+        load_hyp(tmp_path / "t.yaml")
+    (tmp_path / "b.yaml").write_text("lr0: [0.1\n")
+    with pytest.raises(ConfigError, match=r"b.yaml line \d+: invalid YAML"):
+        load_yaml(tmp_path / "b.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_hyp(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["yolov5-hyp.scratch-low.yaml", "yolov7-hyp.scratch.p5.yaml",
+                                  "yolov7-seg-hyp.scratch-high.yaml"])
+def test_official_hyp_files_load_as_they_are(official, name, caplog):
+    """Keys without effect here are named in one warning; the file's values win; keys it lacks
+    keep the defaults."""
+    path = require_shared(official / "hyp" / name, "official hyp file")
+    official = load_yaml(path)
+    with caplog.at_level("WARNING", logger="gradpath.config"):
+        hyp = load_hyp(path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    inert = [k for k in ("iou_t", "anchors", "loss_ota", "paste_in") if k in official]
+    assert len(warnings) == 1 and all(k in warnings[0] for k in inert) and "ignored" in warnings[0]
+    assert not any(k in hyp for k in inert)
+    assert all(hyp[k] == v for k, v in official.items() if k not in inert)
+    assert hyp["nominal_batch"] == 64 and hyp["obj_balance"] == [4.0, 1.0, 0.4]
+    # the official scripts' minimum warmup: YOLOv7 main's train.py 1000 batches, YOLOv5's and u7 seg's 100
+    assert hyp["warmup_min_iters"] == (1000 if name == "yolov7-hyp.scratch.p5.yaml" else 100)
+
+
+def test_a_yolov7_hyp_file_that_sets_its_warmup_minimum_keeps_it(tmp_path):
+    (tmp_path / "h.yaml").write_text("loss_ota: 1\nwarmup_min_iters: 50\n")
+    assert load_hyp(tmp_path / "h.yaml")["warmup_min_iters"] == 50
+    (tmp_path / "v7.yaml").write_text("loss_ota: 1\nlr0: 0.01\n")
+    assert load_hyp(tmp_path / "v7.yaml")["warmup_min_iters"] == 1000
+
+
+def test_inert_keys_do_not_hide_typos(tmp_path, caplog):
+    (tmp_path / "h.yaml").write_text("iou_t: 0.2\nloss_ota: 1\nwarmup_epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"h.yaml: unknown hyperparameter 'warmup_epoch'"):
+        load_hyp(tmp_path / "h.yaml")
+    (tmp_path / "ok.yaml").write_text("lr0: 0.02\n")
+    with caplog.at_level("WARNING", logger="gradpath.config"):
+        load_hyp(tmp_path / "ok.yaml")
+    assert not caplog.records  # nothing to warn about in a file of our own keys
+
+
+def test_run_dirs_increment(tmp_path):
+    assert new_run_dir(tmp_path, "exp").name == "exp"
+    assert new_run_dir(tmp_path, "exp").name == "exp2"
+    assert new_run_dir(tmp_path, "exp").name == "exp3"
+    assert new_run_dir(tmp_path, "exp", exist_ok=True).name == "exp"
+    assert increment_path(tmp_path / "other") == tmp_path / "other"
