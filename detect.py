@@ -66,10 +66,7 @@ def main(argv=None) -> int:
         args.weights = str(found)
         print(f"using {found}")
     try:
-        predictor = Predictor(PredictOptions(**{f.name: getattr(args, f.name) for f in fields(PredictOptions)
-                                                if f.name != "img_size"}))
-        predictor.opt.img_size = args.img_size or predictor.backend.default_size
-        predictor.run()
+        Predictor(PredictOptions(**{f.name: getattr(args, f.name) for f in fields(PredictOptions)})).run()
     except (SourceError, CheckpointError, ValueError, OSError) as e:
         print(f"detect.py: error: {e}", file=sys.stderr)
         return 2

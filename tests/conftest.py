@@ -86,12 +86,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def make_trainer(small_cfg, tmp_path):
-    """make_trainer(kind, **options) -> a set-up Trainer of the small model on the bundled data,
-    ready for train_step (no run has started: the per-run counters are zero)."""
+    """make_trainer(kind, **options) -> a Trainer of the small model on the bundled data, built as
+    train.py builds it, ready for train_step (no run has started: the per-run counters are zero)."""
     import yaml
 
     from engine.config import TrainOptions
-    from engine.train.trainer import Trainer
+    from engine.train.build import build_trainer
 
     def make(kind: str = "anchor", **options):
         cfg = tmp_path / f"{kind}.yaml"
@@ -99,12 +99,18 @@ def make_trainer(small_cfg, tmp_path):
         opt = {"cfg": str(cfg), "data": str(ROOT / "cfg/data/coco-mini.yaml"), "epochs": 1, "batch_size": 4,
                "img_size": 96, "workers": 0, "device": "cpu", "noval": True, "project": str(tmp_path / "runs"),
                **options}
-        trainer = Trainer(TrainOptions(**opt))
-        trainer.setup()
+        trainer = build_trainer(TrainOptions(**opt))
         trainer.accumulate_now = 1  # step on every batch
         return trainer
 
     return make
+
+
+def ema_of(trainer):
+    """The EMA a trainer's EMAHook keeps."""
+    from engine.train.hooks import EMAHook
+
+    return next(h.ema for h in trainer.hooks if isinstance(h, EMAHook))
 
 
 def write_subset(folder: Path, n: int, large: bool = False) -> Path:

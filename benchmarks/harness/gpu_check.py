@@ -28,7 +28,7 @@ from engine.device import CHANNELS_LAST, Precision, amp_precision, compile_model
 from benchmarks.harness.gpu_report import Report
 from benchmarks.harness.speed import (StepRate, first_images, forward_latency_ms, loader_rate, mosaic_batches, time_forward_ms, train_step_rate)
 from models.model import build_model
-from engine.config import load_hyp
+from engine.config import Hyp
 from utils.paths import REPO_ROOT
 from utils.structures import Batch
 
@@ -228,7 +228,7 @@ def loader_rows(report: Report, ctx: Context, rates: dict[tuple[str, int], StepR
     s, bs, best = ctx.settings, ctx.settings.batch_sizes[0], {}
     for w in s.workers:
         def run(w=w):
-            loader, _ = build_dataloader(ctx.data, "train", s.img_size, bs, load_hyp(), augment=True, shuffle=True,
+            loader, _ = build_dataloader(ctx.data, "train", s.img_size, bs, Hyp.load().augment(), shuffle=True,
                                          workers=w, pin_memory=ctx.cuda)
             rate, _, _ = loader_rate(loader, s.loader_batches)
             best[w] = rate
