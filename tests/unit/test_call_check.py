@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 import conftest
-from call_check import check_module, cuda_marked, position
+from call_check import check_cli_flags, check_module, cuda_marked, position
 from conftest import ROOT
 
 CUDA_MODULES = sorted(p for p in (ROOT / "tests").rglob("test_*.py") if cuda_marked(p))
@@ -22,14 +22,17 @@ def test_the_cuda_tests_are_found():
 @pytest.mark.parametrize("path", CUDA_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_cuda_tests_call_project_code_as_it_is_defined(path):
     report = check_module(path)
-    assert not report.problems, "\n".join(map(str, report.problems))
+    flags, _ = check_cli_flags(path)
+    assert not report.problems + flags, "\n".join(map(str, report.problems + flags))
     assert report.checked
 
 
-def test_the_cuda_training_tests_calls_on_the_trainer_are_checked():
-    """make_trainer's annotation tells the check what the training tests hold: a Trainer."""
+def test_test_cuda_py_calls_on_the_trainer_and_its_command_lines_are_checked():
+    """make_trainer's annotation tells the check what the training tests hold: a Trainer; the
+    train.py, val.py, detect.py and export.py runs are checked against their parsers."""
     report = check_module(ROOT / "tests/cuda/test_cuda.py")
     assert any(".Trainer." in c.callee for c in report.checked), report.checked
+    assert check_cli_flags(ROOT / "tests/cuda/test_cuda.py")[1] >= 50
 
 
 WRONG = '''
@@ -123,3 +126,34 @@ def test_a_project_fixture_without_a_return_annotation_is_reported(tmp_path):
     problems = check_module(module, [conftest]).problems
     assert [(p.line, p.message) for p in problems] == [
         (10, "fixture 'engine' has no return annotation: the calls made on what it returns cannot be checked")]
+
+
+WRONG_FLAGS = '''
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)])
+
+
+def test_command_lines(tmp_path):
+    run("train.py", "--epochs", 1, "--img-size", 96, "--no-such-flag")
+    common = ["--weights", "w.pt", "--bogus"]
+    run("val.py", *common, "--half", "--task=speed")
+    subprocess.run([sys.executable, str(ROOT / "detect.py"), "--source", "x.jpg", "--conf", "0.5"])
+    run("torch.distributed.run", "--nproc_per_node", 1, ROOT / "train.py", "--sync-bn", "--epochs", 1)
+'''
+
+
+def test_a_flag_a_script_lacks_fails_the_check(tmp_path):
+    module = tmp_path / "test_flags.py"
+    module.write_text(WRONG_FLAGS)
+    problems, checked = check_cli_flags(module)
+    # an abbreviation is refused too: argparse takes --conf for --conf-thres only while nothing else starts so
+    assert [(p.line, p.message) for p in problems] == [(13, "train.py has no option --no-such-flag"),
+                                                       (14, "val.py has no option --bogus"),
+                                                       (16, "detect.py has no option --conf")]
+    assert checked == 11  # torchrun's own flags, before the script, are not train.py's
