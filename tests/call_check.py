@@ -127,20 +127,21 @@ class _Imports(dict):
 
     def __init__(self, module: types.ModuleType):
         super().__init__()
-        self.sources: dict[str, tuple[str, str | None]] = {}
-        try:
-            tree = ast.parse(inspect.getsource(module))
-        except (OSError, TypeError):
-            return
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                for a in node.names:
-                    self.sources[a.asname or a.name] = (node.module, a.name)
-            elif isinstance(node, ast.Import):
-                for a in node.names:
-                    self.sources[a.asname or a.name.split(".")[0]] = (a.name if a.asname else a.name.split(".")[0], None)
+        self.module = module
+        self._sources: dict[str, tuple[str, str | None]] | None = None
 
-    def __missing__(self, name: str):
+    @property
+    def sources(self) -> dict[str, tuple[str, str | None]]:
+        """name -> (module, attribute or None), read from the source on first use."""
+        if self._sources is None:
+            self._sources = _imported_names(self.module)
+        return self._sources
+
+    def __missing__(self, name: str):  # eval looks here before the globals and builtins
+        if name in vars(self.module):
+            return vars(self.module)[name]
+        if hasattr(builtins, name):
+            return getattr(builtins, name)
         if name not in self.sources:
             raise KeyError(name)
         module, attr = self.sources[name]
@@ -148,7 +149,20 @@ class _Imports(dict):
         return getattr(value, attr) if attr else value
 
 
-_IMPORTS: dict[str, _Imports] = {}
+def _imported_names(module: types.ModuleType) -> dict[str, tuple[str, str | None]]:
+    names: dict[str, tuple[str, str | None]] = {}
+    try:
+        tree = ast.parse(inspect.getsource(module))
+    except (OSError, TypeError):
+        return names
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                names[a.asname or a.name] = (node.module, a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                names[a.asname or a.name.split(".")[0]] = (a.name if a.asname else a.name.split(".")[0], None)
+    return names
 
 
 def evaluate_annotation(annotation: object, module_name: str) -> object:
@@ -157,9 +171,8 @@ def evaluate_annotation(annotation: object, module_name: str) -> object:
         module = sys.modules.get(module_name)
         if module is None:
             return None
-        imports = _IMPORTS.setdefault(module_name, _Imports(module))
         try:
-            annotation = eval(annotation, dict(vars(module)), imports)  # noqa: S307 (the repository's own annotations)
+            annotation = eval(annotation, dict(vars(module)), _Imports(module))  # noqa: S307 (the repository's own annotations)
         except Exception:
             return None
     return from_type(annotation)
@@ -691,62 +704,3 @@ def cuda_marked(path: Path) -> bool:
     return any(isinstance(n, ast.Attribute) and n.attr == "cuda" and isinstance(n.value, ast.Attribute) and
                n.value.attr == "mark" for n in ast.walk(tree))
 
-
-# --- command lines of the repository's scripts -----------------------------------------------------
-
-def _local_nodes(func: ast.AST):
-    """The nodes of a function's body, nested functions and classes left out."""
-    stack = list(ast.iter_child_nodes(func))
-    while stack:
-        node = stack.pop()
-        yield node
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            stack.extend(ast.iter_child_nodes(node))
-
-
-def _script(node: ast.expr) -> str | None:
-    """"train.py", ROOT / "train.py" or str(ROOT / "train.py") -> "train.py", if the repository has that script."""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "str" and node.args:
-        node = node.args[0]
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
-        node = node.right
-    ok = isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith(".py") and \
-        "/" not in node.value and (ROOT / node.value).is_file()
-    return node.value if ok else None
-
-
-def check_cli_flags(path: str | Path) -> tuple[list[Problem], int]:
-    """(problems, flags checked): each "--flag" that follows a repository script's name in a call's
-    arguments or a list (run("train.py", "--epochs", 1, *args), with args a list assigned in the
-    function; [sys.executable, str(ROOT / "val.py"), "--half"]) must be an option of that
-    script's build_parser()."""
-    path = Path(path)
-    source = path.read_text()
-    tree = ast.parse(source)
-    parsers: dict[str, set[str]] = {}
-    problems, checked = [], 0
-    for func in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
-        nodes = list(_local_nodes(func))
-        lists = {t.id: n.value for n in nodes if isinstance(n, ast.Assign) and isinstance(n.value, (ast.List, ast.Tuple))
-                 for t in n.targets if isinstance(t, ast.Name)}
-        for call in (n for n in nodes if isinstance(n, (ast.Call, ast.List, ast.Tuple))):
-            items = call.args if isinstance(call, ast.Call) else call.elts
-            at = next((i for i, a in enumerate(items) if _script(a)), None)
-            if at is None:
-                continue
-            script = _script(items[at])
-            if script not in parsers:
-                module = importlib.import_module(script.removesuffix(".py"))
-                if not hasattr(module, "build_parser"):
-                    continue
-                parsers[script] = {s for a in module.build_parser()._actions for s in a.option_strings}
-            for arg in items[at + 1:]:
-                part = arg.value if isinstance(arg, ast.Starred) else arg
-                part = lists.get(part.id, part) if isinstance(part, ast.Name) else part
-                for c in ast.walk(part):
-                    if isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value.startswith("--"):
-                        checked += 1
-                        if c.value.split("=")[0] not in parsers[script]:
-                            text = " ".join((ast.get_source_segment(source, call) or "").split())[:120]
-                            problems.append(Problem(c.lineno, text, f"{script} has no option {c.value}"))
-    return sorted(problems, key=lambda p: p.line), checked

@@ -9,7 +9,8 @@ import textwrap
 import pytest
 
 import conftest
-from call_check import check_cli_flags, check_module, cuda_marked, position
+from call_check import check_module, cuda_marked, position
+from cli_flags import check_cli_flags
 from conftest import ROOT
 
 CUDA_MODULES = sorted(p for p in (ROOT / "tests").rglob("test_*.py") if cuda_marked(p))
