@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent
 SAMPLES = ROOT / "datasets" / "coco-mini" / "images"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """detect.py's command line (tests read its options from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 .pt, or exported .onnx (default: newest best.pt)")
     p.add_argument("--source", default=str(SAMPLES), help="file, folder, glob, .txt list, video, webcam index or URL")
@@ -46,7 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--line-thickness", type=int, default=None)
     p.add_argument("--hide-labels", action="store_true")
     p.add_argument("--hide-conf", action="store_true")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,8 @@ from dataclasses import fields
 from engine.config import LR_SCHEDULES, TrainOptions
 
 
-def parse_args(argv: list[str] | None = None) -> TrainOptions:
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's command line (tests read its options from here)."""
     d = TrainOptions()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=d.weights, help="initial weights: a gradpath or official YOLOv5/YOLOv7 checkpoint (matching layers are loaded)")
@@ -56,7 +57,11 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
     p.add_argument("--patience", type=int, default=0, help="stop after N epochs without improvement (0: never)")
     p.add_argument("--noplots", action="store_true", help="no label or training-batch plots")
     p.add_argument("--local-rank", "--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # torch.distributed.launch
-    ns = vars(p.parse_args(argv))
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> TrainOptions:
+    ns = vars(build_parser().parse_args(argv))
     return TrainOptions(**{f.name: ns[f.name] for f in fields(TrainOptions)})
 
 

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """val.py's command line (tests read its options from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 checkpoint (.pt)")
     p.add_argument("--data", default="", help="dataset YAML (default: the one the checkpoint was trained on)")
@@ -41,7 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--exist-ok", action="store_true")
     p.add_argument("--ann-json", default="", help="score an existing results file against this COCO JSON")
     p.add_argument("--pred-json", default="", help="COCO results file to score (with --ann-json)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def score_files(ann_json: str, pred_json: str) -> int:

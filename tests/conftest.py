@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # the fixtures' annotations name it (tests/call_check.py reads them); imported where used
+    from engine.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -55,7 +60,7 @@ def official() -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_cfg():
+def small_cfg() -> Callable[..., dict]:
     """small_cfg(kind) -> gp-n-seg as a cfg dict, with its anchor-based head ('anchor') or an
     anchor-free one of the same width ('anchor_free'): both heads at CPU-test cost."""
     import yaml
@@ -85,7 +90,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def make_trainer(small_cfg, tmp_path):
+def make_trainer(small_cfg, tmp_path) -> Callable[..., Trainer]:
     """make_trainer(kind, **options) -> a Trainer of the small model on the bundled data, built as
     train.py builds it, ready for train_step (no run has started: the per-run counters are zero)."""
     import yaml
@@ -140,6 +145,6 @@ def write_subset(folder: Path, n: int, large: bool = False) -> Path:
 
 
 @pytest.fixture
-def subset_data(tmp_path):
+def subset_data(tmp_path) -> Callable[..., Path]:
     """subset_data(n, large=False) -> write_subset(tmp_path, n, large)."""
     return lambda n, large=False: write_subset(tmp_path, n, large)

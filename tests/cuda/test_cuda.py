@@ -136,13 +136,13 @@ def test_failure_non_finite_amp_loss_skips_the_step_as_on_cpu(make_trainer):
         loss32, _ = trainer.criterion(trainer.model(b.images.float() / 255), b)
     assert torch.isfinite(loss32)
     state, scale = copy.deepcopy(trainer.model.state_dict()), trainer.scaler.get_scale()
-    assert trainer.train_step(batch, 0, 1) == {} and trainer.skipped_steps == 1
+    assert trainer.train_step(batch, 0) == {} and trainer.skipped_steps == 1
     after = trainer.model.state_dict()
     assert [k for k in state if not torch.equal(state[k], after[k])] == []
     assert trainer.scaler.get_scale() == scale and ema_of(trainer).updates == 0 and not trainer.optimizer.state
     with torch.no_grad():
         conv.weight.copy_(sane)
-    assert trainer.train_step(batch, 0, 1) and trainer.bad_steps == 0 and ema_of(trainer).updates == 1
+    assert trainer.train_step(batch, 0) and trainer.bad_steps == 0 and ema_of(trainer).updates == 1
 
 
 def test_failure_out_of_memory_ends_in_one_line_and_the_run_folder_stays_usable(work):

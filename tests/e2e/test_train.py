@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import ROOT
 from utils.io import load_checkpoint
 
-from conftest import ROOT  # noqa: E402
 pytestmark = pytest.mark.slow
 
 

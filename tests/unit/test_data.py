@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT
@@ -24,6 +25,7 @@ from data.label_index import LabelIndex
 from data.loader import EpochBatchSampler, build_dataloader, collate, to_tensors
 from utils.errors import ConfigError
 from engine.config import Hyp
+from utils.geometry import input_to_orig
 from utils.masks import polygons_to_mask
 from utils.structures import Sample
 
@@ -109,14 +111,23 @@ def test_batches_follow_the_contract(train_set):
             assert xs.min() >= x1 - 1.5 and xs.max() <= x2 + 0.5 and ys.min() >= y1 - 1.5 and ys.max() <= y2 + 0.5
 
 
-def test_letterbox_inverse_mapping():
+def test_letterbox_and_its_inverse_put_boxes_back_on_the_image():
+    """letterbox's ratio_pad and utils.geometry.input_to_orig (the path every prediction takes
+    back to the original image) against hand-computed values, and on a drawn rectangle: found in
+    the letterboxed image and mapped back, it lands where it was drawn."""
     img = np.zeros((427, 640, 3), np.uint8)
-    out, ((sx, sy), (px, py)) = letterbox(img, 320)
-    assert out.shape == (320, 320, 3)
-    pts = np.array([[0, 0], [639, 426], [100.5, 200.25]])
-    back = ((pts * [sx, sy] + [px, py]) - [px, py]) / [sx, sy]
-    assert np.allclose(back, pts)
-    assert abs(427 * sy + 2 * py - 320) <= 1
+    img[100:301, 40:441] = 255  # the box [40, 100, 441, 301] in pixel-edge coordinates
+    out, rp = letterbox(img, 320)
+    # 640 -> 320: scale 0.5; 427 rows -> round(213.5) = 214 (ratio 214/427), 106 rows of padding: 53 each side
+    assert out.shape == (320, 320, 3) and rp == ((0.5, 214 / 427), (0.0, 53.0))
+    boxes = torch.tensor([[10.0, 60.0, 110.0, 160.0], [-5.0, 0.0, 330.0, 400.0]])
+    back = input_to_orig(boxes, rp, (427, 640))
+    # x / 0.5; (y - 53) * 427 / 214; the second box reaches into the padding: clipped to 640 x 427
+    assert torch.allclose(back, torch.tensor([[20.0, 7 * 427 / 214, 220.0, 213.5], [0.0, 0.0, 640.0, 427.0]]))
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    found = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+    drawn = torch.tensor([[40.0, 100.0, 441.0, 301.0]])
+    assert (input_to_orig(found, rp, (427, 640)) - drawn).abs().max() <= 2.0  # 1 input pixel = 2 here
 
 
 @pytest.mark.parametrize("hw, new_shape, kw, out_hw, ratio, pad, top_left", [
