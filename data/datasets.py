@@ -104,7 +104,8 @@ def check_label_file(image: Path, label: Path, nc: int) -> LabelFile:
     except Exception:  # unreadable header: add_image counts it as missing or corrupt
         return LabelFile(image, (0, 0), [], [])
     if not label.is_file():
-        return LabelFile(image, shape, [], [Problem("missing_labels", str(image), f"no label file {label}", warn=False)])
+        missing = Problem("missing_labels", str(image), f"no label file {label}", warn=False)
+        return LabelFile(image, shape, [], [missing])
     instances, problems, seen = [], [], set()
     for ln, line in enumerate(label.read_text(errors="replace").splitlines(), 1):
         where = f"{label}:{ln}"
