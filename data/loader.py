@@ -16,11 +16,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from data.augment import (AugmentParams, Tile, apply_ratio_pad, augment_hsv, build_photometric, copy_paste, flip,
                           letterbox, min_area_ratio, mixup, mosaic4, random_perspective, rasterize)
 from data.config import DataConfig
-from data.datasets import load_index, write_coco_json
+from data.datasets import disk_cache_dir, ground_truth_json, load_index
 from data.images import ImageReader, UnreadableImage
 from data.label_index import LabelIndex
 from utils.errors import ConfigError
-from utils.paths import cache_path
 from utils.structures import Batch, Sample
 
 LOG = logging.getLogger("gradpath.data")
@@ -193,13 +192,8 @@ def build_dataset(data_cfg: DataConfig, split: str, img_size: int, batch_size: i
     index = load_index(data_cfg, split)
     if len(index) == 0:
         raise ConfigError(f"{data_cfg.source}: '{split}' has no usable images ({index.summary()})")
-    spec = data_cfg.splits[split]
-    if data_cfg.format == "coco":
-        ann_file = spec.annotations
-    else:
-        ann_file = write_coco_json(index, data_cfg.names,
-                                   cache_path(spec.labels.parent / f"{spec.labels.name}.coco.json"))
-    cache_dir = cache_path((spec.annotations or spec.labels).parent / f".cache-{split}") if cache == "disk" else None
+    ann_file = ground_truth_json(data_cfg, split, index)
+    cache_dir = disk_cache_dir(data_cfg, split) if cache == "disk" else None
     return DetectionDataset(index, img_size, aug, rect, batch_size, stride, data_cfg.names,
                             data_cfg.category_ids, ann_file, single_cls, cache, cache_dir)
 

@@ -1,7 +1,8 @@
 """Training hooks: what runs around the loop's steps without being the loop. Each gets the trainer
 at the events it overrides; they run in the order given, so a later hook of the same event sees
 what an earlier one wrote into `trainer.epoch_results` (evaluation before logging before saving).
-The builder installs the writing hooks on rank 0 only."""
+The builder installs the writing hooks on rank 0 only. ("Trainer" in the signatures is
+engine.train.trainer.Trainer, not imported: the trainer imports this module.)"""
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,7 @@ import math
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,9 +23,6 @@ from utils.dist import unwrap
 from utils.io import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from utils.memory import process_tree_rss
 from utils.structures import Batch
-
-if TYPE_CHECKING:
-    from engine.train.trainer import Trainer
 
 LOG = logging.getLogger("gradpath.train")
 
