@@ -32,6 +32,9 @@ class Hook:
 
     def before_train(self, trainer: "Trainer") -> None: ...
 
+    def before_epoch(self, trainer: "Trainer") -> None:
+        """The model is in train mode (a hook may put parts of it back in eval mode)."""
+
     def before_step(self, trainer: "Trainer", batch: Batch, i: int) -> None: ...
 
     def before_optimizer_step(self, trainer: "Trainer") -> None:

@@ -108,6 +108,7 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
+        self._call("before_epoch")
         nb = len(self.loader)
         sums: dict[str, float] = {}
         bar = tqdm(self.loader, total=nb, disable=not self.dist.is_main, bar_format="{l_bar}{bar:10}{r_bar}",
