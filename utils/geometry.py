@@ -1,5 +1,5 @@
 """Box geometry, one implementation for the losses, the assigners, inference and evaluation: IoU /
-CIoU, xyxy <-> xywh, ltrb distances, anchor points, and the mapping between input (letterboxed) and
+CIoU, xyxy <-> xywh, ltrb distances, feature-map grids and anchor points, and the mapping between input (letterboxed) and
 original image pixels."""
 from __future__ import annotations
 
@@ -56,14 +56,19 @@ def bbox_to_dist(points: Tensor, boxes: Tensor) -> Tensor:
     return torch.cat((points - boxes[..., :2], boxes[..., 2:] - points), -1)
 
 
+def cell_grid(h: int, w: int, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(h*w, 2) xy cell indices of an h x w feature map, row by row."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype), torch.arange(w, device=device, dtype=dtype),
+                            indexing="ij")
+    return torch.stack((xs, ys), -1).view(-1, 2)
+
+
 def anchor_points(shapes: list[tuple[int, int]], strides: Tensor) -> tuple[Tensor, Tensor]:
     """Cell centres of every level, row-major per level: -> points (A,2) xy pixels, strides (A,1)."""
     points, steps = [], []
     dev = strides.device  # made there: no host-to-device copy in every loss call
     for (h, w), s in zip(shapes, strides.tolist()):
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=dev),
-                                torch.arange(w, dtype=torch.float32, device=dev), indexing="ij")
-        points.append((torch.stack((xs, ys), -1).view(-1, 2) + 0.5) * s)
+        points.append((cell_grid(h, w, dev) + 0.5) * s)
         steps.append(torch.full((h * w, 1), float(s), device=dev))
     return torch.cat(points), torch.cat(steps)
 
