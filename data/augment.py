@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from utils.geometry import RatioPad
 from utils.structures import Sample
-
-RatioPad = tuple[tuple[float, float], tuple[float, float]]
 
 
 def letterbox_shape(hw: tuple[int, int], new_shape: int | tuple[int, int], auto: bool = False,
