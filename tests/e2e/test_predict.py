@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from engine.infer.predictor import PredictOptions, Predictor
 from engine.infer.sources import SourceError
 from models.model import build_model
 from utils.io import save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "datasets/coco-mini/images"
 LOW = {"conf_thres": 0.001, "max_det": 5}  # a random model: keep a few detections
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import ROOT
 from utils.io import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
