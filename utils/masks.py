@@ -8,16 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from utils.geometry import RatioPad, input_to_orig
+from utils.geometry import RatioPad, box_mask, input_to_orig
 
 
 def crop_to_boxes(masks: Tensor, boxes: Tensor) -> Tensor:
     """Zero everything outside each (N,4) xyxy box (in the masks' pixel space); masks (N,H,W)."""
-    n, h, w = masks.shape
-    x1, y1, x2, y2 = boxes[:, :, None, None].unbind(1)
-    cols = torch.arange(w, device=masks.device, dtype=boxes.dtype)[None, None, :] + 0.5  # pixel centres
-    rows = torch.arange(h, device=masks.device, dtype=boxes.dtype)[None, :, None] + 0.5
-    return masks * ((cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2))
+    return masks * box_mask(boxes, *masks.shape[1:])
 
 
 def decode_masks(coef: Tensor, proto: Tensor, boxes_input: Tensor, input_shape: tuple[int, int],
