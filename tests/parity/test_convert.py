@@ -60,7 +60,7 @@ def test_release_file_converts_with_the_release_size():
 
 
 def test_convert_cli_check_passes_and_fails(tmp_path):
-    src = official("yolov7-seg-w025")
+    src = official_file("yolov7-seg-w025")
     cmd = [sys.executable, "-m", "models.convert", str(src), "--out", str(tmp_path / "x.pt"),
            "--check", str(OFFICIAL / "yolov7-seg-w025.npz")]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -221,7 +221,7 @@ def test_real_segmentation_files_pickle_getattr_and_load(tmp_path):
     head_state = off.layers[-1].state
     assert head_state["detect"].qualname == "models.yolo.Detect.forward"
     with pytest.raises(pickle.UnpicklingError):  # the stand-in is not what torch's safe loader accepts
-        torch.load(official("yolov5n-seg"), weights_only=True)
+        torch.load(official_file("yolov5n-seg"), weights_only=True)
 
 
 def test_w6_aux_heads_get_a_quarter_weighted_loss():
