@@ -119,7 +119,7 @@ def test_each_image_is_letterboxed_to_its_own_rectangle(weights):
         for k, f in enumerate(group):
             x1, rp1 = pred.preprocess([f])
             assert torch.equal(x[k], x1[0]) and rps[k] == rp1[0]
-    pred.opt.img_size = 128
+    pred.img_size = 128
     assert len(pred.infer(frames)) == len(frames)  # mixed shapes in one call run shape by shape
 
 
