@@ -1,4 +1,4 @@
-"""Dataset plots saved to the run folder: label statistics and training batches as the model sees them."""
+"""Plots of the training labels for the run folder: label statistics, and batches as the model sees them."""
 from __future__ import annotations
 
 from pathlib import Path
