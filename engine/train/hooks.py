@@ -144,14 +144,14 @@ class PlotHook(Hook):
         self.save_dir, self.dataset, self.names, self.log = Path(save_dir), dataset, names, log
 
     def before_train(self, trainer: "Trainer") -> None:
-        from data.plots import plot_labels
+        from data.label_plots import plot_labels
 
         plot_labels(self.dataset, self.save_dir / "labels.png")
 
     def before_step(self, trainer: "Trainer", batch: Batch, i: int) -> None:
         if trainer.epoch != trainer.start_epoch or i >= 3:
             return
-        from data.plots import plot_batch
+        from data.label_plots import plot_batch
 
         grid = plot_batch(batch, self.names, self.save_dir / f"train_batch{i}.jpg")
         self.log.image(f"train_batch{i}", grid[:, :, ::-1].copy(), 0)

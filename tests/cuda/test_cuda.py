@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BUNDLED, ROOT, ema_of, write_subset
+from conftest import BUNDLED, OVERFIT_HYP, ROOT, ema_of, write_subset
 from data.config import load_data_config
 from data.loader import build_dataloader
 from engine.device import amp_precision
@@ -33,10 +33,6 @@ from utils.dist import select_device
 
 pytestmark = pytest.mark.cuda
 GPU = torch.device("cuda", 0)
-# the overfit run of tests/test_train.py, shortened: AMP on a GPU fits 6 images in 200 epochs
-OVERFIT_HYP = {"nominal_batch": 6, "warmup_epochs": 1.0, "lr0": 0.002, "lrf": 0.01, "weight_decay": 0.0, "hsv_h": 0.0,
-               "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "fliplr": 0.0, "mosaic": 0.0,
-               "mixup": 0.0, "copy_paste": 0.0, "close_mosaic": 0}
 AP_LINE = re.compile(r"Average Precision\s+\(AP\) @\[ IoU=0.50:0.95 \| area=\s+all \| maxDets=100 \] = ([-\d.]+)")
 
 
@@ -57,7 +53,8 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def overfit(work) -> tuple[Path, Path]:
     """(best.pt, data YAML): gp-n-seg trained with AMP on 6 coco-mini images until it finds them
-    (val on the same images), so AP comparisons are between real, non-zero figures."""
+    (val on the same images), so AP comparisons are between real, non-zero figures: the overfit run
+    of tests/e2e/test_train.py, shortened (AMP on a GPU fits them in 200 epochs)."""
     data = write_subset(work, 6, large=True)
     best = work / "overfit/weights/best.pt"
     if not best.is_file():

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import require_shared
-from utils.errors import ConfigError
+from utils.errors import CheckpointError, ConfigError
 from engine.config import Hyp
 from utils.io import load_yaml
-from utils.paths import increment_path, new_run_dir
+from utils.paths import increment_path, new_run_dir, newest
 
 
 def test_default_hyp_has_the_paper_recipe():
@@ -76,6 +76,21 @@ def test_run_dirs_increment(tmp_path):
     assert new_run_dir(tmp_path, "exp").name == "exp3"
     assert new_run_dir(tmp_path, "exp", exist_ok=True).name == "exp"
     assert increment_path(tmp_path / "other") == tmp_path / "other"
+
+
+def test_newest_run_file(tmp_path):
+    """The last-modified match wins whatever the names' order; none is None, or the error --resume needs."""
+    import os
+
+    for name, mtime in (("exp", 300), ("exp2", 100), ("exp10", 200)):
+        path = tmp_path / name / "weights/last.pt"
+        path.parent.mkdir(parents=True)
+        path.touch()
+        os.utime(path, (mtime, mtime))
+    assert newest("*/weights/last.pt", tmp_path) == tmp_path / "exp/weights/last.pt"
+    assert newest("*/weights/best.pt", tmp_path) is None
+    with pytest.raises(CheckpointError, match=r"--resume: no .*/\*/weights/best.pt found"):
+        newest("*/weights/best.pt", tmp_path, required_by="--resume")
 
 
 def test_hyp_values_are_typed_and_in_range(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from models.loss.assigners import TaskAlignedAssigner, match_anchors
-from utils.geometry import anchor_points, bbox_iou, bbox_to_dist
-from models.loss.losses import box_crop, build_criterion, dfl_loss, mask_losses
+from utils.geometry import anchor_points, bbox_iou, bbox_to_dist, box_mask
+from models.loss.losses import build_criterion, dfl_loss, mask_losses
 from utils.structures import Batch, HeadOutput
 
 STRIDES = torch.tensor([8.0, 16.0, 32.0])
@@ -241,7 +241,7 @@ def test_mask_loss_cropped_to_box_and_area_normalised():
     gt2[0, :, 12:] = 1  # wrong outside the box: must not count
     assert mask_losses(torch.tensor([[10.0, 0.0]]), proto, torch.tensor([0]), torch.tensor([0]), gt2, box).item() \
         == pytest.approx(good.item(), abs=1e-7)
-    assert box_crop(box, h, w).sum().item() == 64
+    assert box_mask(box, h, w, centre=0.0).sum().item() == 64
     assert mask_losses(torch.zeros((0, 2)), *args).shape == (0,)
 
 
