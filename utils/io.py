@@ -51,7 +51,7 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     return atomic_write_bytes(path, lambda f: torch.save(ckpt, f))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     """Load a checkpoint with weights_only=True; every failure is one clear CheckpointError."""
     import torch
 

@@ -48,9 +48,8 @@ def run_config(opt: TrainOptions) -> tuple[RunConfig, DataConfig, Resume | None]
     if not opt.resume:
         data_cfg = load_data_config(opt.data)
         return RunConfig.resolve(opt, data_cfg.train_defaults), data_cfg, None
-    path = Path(opt.resume) if opt.resume not in ("True", "last") else newest(f"{opt.project}/*/weights/last.pt")
-    if path is None:
-        raise CheckpointError(f"--resume: no {opt.project}/*/weights/last.pt to resume from")
+    path = Path(opt.resume) if opt.resume not in ("True", "last") else newest(
+        "*/weights/last.pt", opt.project, required_by="--resume")
     ckpt = load_checkpoint(path)
     saved = RunConfig.from_saved(ckpt.get("config") or {}, str(path), int(ckpt.get("version", 1)))
     options = saved.options.replace(device=opt.device, workers=opt.workers, resume=str(path), exist_ok=True,
