@@ -31,14 +31,15 @@ class Transfer:
     carried: tuple[str, ...] = ()  # dataset classes whose rows came from the checkpoint
     new: tuple[str, ...] = ()  # dataset classes whose rows start afresh
     remapped: int = 0  # head tensors filled row by row
+    masks: bool = False  # mask-coefficient rows came from the checkpoint too
 
     def describe(self) -> str:
         """The log line about the classes ('' when the head was copied whole or not at all)."""
         if not self.remapped:
             return ""
         shown = lambda names: ", ".join(names[:12]) + (f" (+{len(names) - 12} more)" if len(names) > 12 else "")  # noqa: E731
-        text = f"head rows carried over: box, objectness and mask coefficients; classes {len(self.carried)} of " \
-               f"{len(self.carried) + len(self.new)}"
+        kept = "box, objectness and mask coefficients" if self.masks else "box and objectness"
+        text = f"head rows carried over: {kept}; classes {len(self.carried)} of {len(self.carried) + len(self.new)}"
         text += f" ({shown(self.carried)})" if self.carried else ""
         return text + (f"; new, initialised afresh: {shown(self.new)}" if self.new else "")
 
@@ -74,7 +75,18 @@ def transfer_with_classes(model: nn.Module, state: dict[str, torch.Tensor], old_
         model.load_state_dict(rebuilt, strict=False)
     carried = tuple(n for n, s in zip(new_names, sources) if s >= 0)
     return Transfer(loaded, total, differ, carried, tuple(n for n, s in zip(new_names, sources) if s < 0),
-                    len(rebuilt))
+                    len(rebuilt), _masks_carried(head, state, prefix, len(old_names)))
+
+
+def _masks_carried(head: HeadBase, state: dict[str, torch.Tensor], prefix: str, old_nc: int) -> bool:
+    """Whether the checkpoint's mask-coefficient rows fit the model's (the same number of them)."""
+    if not head.nm:
+        return False
+    if isinstance(head, AnchorHead):
+        old = state.get(prefix + "m.0.bias")
+        return old is not None and old.shape[0] == head.na * (5 + old_nc + head.nm)
+    old = state.get(prefix + "coef.0.2.bias")
+    return old is not None and old.shape[0] == head.nm
 
 
 def _row_sources(head: HeadBase, name: str, own: torch.Tensor, old: torch.Tensor, sources: list[int],

@@ -45,7 +45,8 @@ def test_anchor_head_rows_follow_the_class_names(small_cfg):
     head = model.head
     prefix = f"layers.{len(model.layers) - 1}."
     assert t.carried == ("Dog", "person") and t.new == ("widget",) and t.remapped == 3 * 3  # m weight/bias, im
-    assert "classes 2 of 3 (Dog, person); new, initialised afresh: widget" in t.describe()
+    assert t.describe() == "head rows carried over: box, objectness and mask coefficients; classes 2 of 3 " \
+                           "(Dog, person); new, initialised afresh: widget"
     na, nm, old_nc = head.na, head.nm, len(OLD)
     own = model.state_dict()
     for name in [f"m.{i}.weight" for i in range(3)] + [f"m.{i}.bias" for i in range(3)] + \
@@ -66,7 +67,7 @@ def test_anchor_free_head_class_rows_follow_the_names(small_cfg):
     t = transfer_with_classes(model, state, OLD, NEW)
     prefix = f"layers.{len(model.layers) - 1}."
     own = model.state_dict()
-    assert t.carried == ("Dog", "person") and t.remapped == 2 * model.head.nl
+    assert t.carried == ("Dog", "person") and t.remapped == 2 * model.head.nl and t.masks
     for i in range(model.head.nl):
         for part in ("weight", "bias"):
             k = f"{prefix}cls.{i}.2.{part}"
