@@ -10,7 +10,7 @@ import logging
 import math
 import re
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 LOG = logging.getLogger("gradpath.args")
 _DEVICE = re.compile(r"^(cpu|cuda|(cuda:)?\d+(,(cuda:)?\d+)*)?$")
@@ -192,7 +192,3 @@ def round_to_stride(size: int, stride: int, flag: str = "--img-size") -> int:
         LOG.warning("%s %d is not a multiple of the model's stride %d: using %d", flag, size, stride, fixed)
     return fixed
 
-
-def given(argv: Sequence[str], *flags: str) -> bool:
-    """Whether any of `flags` appears on the command line (as `--flag` or `--flag=value`)."""
-    return any(a.split("=", 1)[0] in flags for a in argv)
