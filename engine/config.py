@@ -44,10 +44,12 @@ class TrainOptions:
     epochs: int | None = None
     batch_size: int | None = None
     img_size: int | None = None
+    val_img_size: int | None = None  # None: img_size (YOLOv7's --img TRAIN TEST sets it)
     rect: bool = False
     resume: str = ""
     nosave: bool = False
     noval: bool = False
+    notest: bool = False  # validate only after the last epoch
     cache: str | None = None
     device: str = ""
     multi_scale: bool = False
@@ -69,9 +71,28 @@ class TrainOptions:
     log_grads: int = 0
     patience: int = 0
     noplots: bool = False
+    label_smoothing: float | None = None  # None: the hyp file's
+    freeze: tuple[int, ...] | str = ()  # (N,): the first N layers; (i, j, ...): those; "backbone"
+    class_carryover: bool = True  # keep the --weights head's rows of the class names the data shares
+
+    def __post_init__(self):
+        if isinstance(self.freeze, list):  # read back from a saved run
+            object.__setattr__(self, "freeze", tuple(self.freeze))
 
     def replace(self, **changes: Any) -> "TrainOptions":
         return dataclasses.replace(self, **changes)
+
+    def check(self) -> None:
+        """The rules between options (each flag's own range is checked where it is parsed)."""
+        never = "--noval" if self.noval else "--notest" if self.notest else ""
+        if self.patience and never:
+            raise ConfigError(f"--patience {self.patience} with {never}: patience counts epochs without a better "
+                              f"validation score, and {never} validates {'none' if self.noval else 'only the last'}; "
+                              f"drop one of them")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain types, as config.yaml and a checkpoint hold them."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def saved_options(saved: dict) -> dict:
@@ -249,18 +270,17 @@ class RunConfig:
         return self.hyp.weight_decay * self.options.batch_size * self.accumulate / self.hyp.nominal_batch
 
     def to_dict(self) -> dict[str, Any]:
-        return {"args": asdict(self.options), "hyp": self.hyp.as_dict()}
+        return {"args": self.options.as_dict(), "hyp": self.hyp.as_dict()}
 
     @classmethod
     def resolve(cls, opt: TrainOptions, train_defaults: dict[str, Any] | None = None) -> "RunConfig":
         """Fill the options the CLI left unset from the data YAML's train_defaults, else FALLBACK;
-        load the hyp file; apply --close-mosaic."""
+        load the hyp file; apply --close-mosaic and --label-smoothing."""
         defaults = {**FALLBACK, **(train_defaults or {})}
         opt = opt.replace(**{k: defaults[k] for k in FALLBACK if getattr(opt, k) is None})
         hyp = Hyp.load(opt.hyp)
-        if opt.close_mosaic is not None:
-            hyp = hyp.replace(close_mosaic=opt.close_mosaic)
-        return cls(opt, hyp)
+        flags = {k: getattr(opt, k) for k in ("close_mosaic", "label_smoothing") if getattr(opt, k) is not None}
+        return cls(opt, hyp.replace(**flags) if flags else hyp)
 
     @classmethod
     def from_saved(cls, saved: dict[str, Any], source: str, version: int) -> "RunConfig":

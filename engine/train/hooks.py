@@ -5,6 +5,7 @@ The builder installs the writing hooks on rank 0 only. (`trainer` is an
 engine.train.trainer.Trainer, not imported: the trainer imports this module.)"""
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections import defaultdict
@@ -58,18 +59,22 @@ class EMAHook(Hook):
 
 
 class EvalHook(Hook):
-    """Validates the EMA model after every epoch (plots on the last), keeps the best fitness,
-    stops the run after `patience` epochs without improvement, and at the end scores best.pt at
-    full mask resolution and prints the COCO tables."""
+    """Validates the EMA model after every epoch (plots on the last; with `final_only`, YOLOv7's
+    --notest, after the last only), keeps the best fitness, stops the run after `patience` epochs
+    without improvement, and at the end scores best.pt at full mask resolution and prints the
+    COCO tables."""
 
-    def __init__(self, evaluate, ema: ModelEMA, best: Path, patience: int = 0):
+    def __init__(self, evaluate, ema: ModelEMA, best: Path, patience: int = 0, final_only: bool = False):
         """evaluate(model, plots=..., final=...) -> EvalResult."""
         self.evaluate, self.ema, self.best, self.patience = evaluate, ema, best, patience
-        self.stale = 0
+        self.final_only, self.stale = final_only, 0
 
     def after_epoch(self, trainer) -> None:
         epoch = trainer.epoch
-        result = self.evaluate(self.ema.ema, plots=epoch + 1 == trainer.config.options.epochs)
+        last = epoch + 1 == trainer.config.options.epochs
+        if self.final_only and not last:
+            return
+        result = self.evaluate(self.ema.ema, plots=last)
         fitness = float(result.fitness)
         improved = fitness > trainer.best_fitness
         if improved:
@@ -108,29 +113,37 @@ class ResultsHook(Hook):
 
 class CheckpointHook(Hook):
     """last.pt every epoch, best.pt when the epoch improved (every epoch without validation),
-    epochN.pt every `save_period`; with `nosave` only the run's last epoch (however it ends).
-    `describe` is the static part of every checkpoint's config (model cfg, names, the RunConfig)."""
+    epochN.pt every `save_period`. With `nosave` only at the run's last epoch (however it ends):
+    last.pt, and best.pt from the best epoch, kept in memory until then (an early stop by
+    --patience ends on an epoch that is not the best). `describe` is the static part of every
+    checkpoint's config (model cfg, names, the RunConfig)."""
 
     def __init__(self, weights_dir: Path, ema: ModelEMA, describe: dict[str, Any], nosave: bool = False,
                  save_period: int = -1):
         self.dir, self.ema, self.describe = Path(weights_dir), ema, describe
         self.nosave, self.save_period = nosave, save_period
+        self.best: dict[str, Any] | None = None  # with nosave: the best epoch's checkpoint so far
 
     def after_epoch(self, trainer) -> None:
         epoch = trainer.epoch
         last = epoch + 1 == trainer.config.options.epochs or trainer.stop_requested
-        if self.nosave and not last:
-            return
         improved = trainer.epoch_results.get("improved", True)
+        if self.nosave and not last:
+            if improved:
+                self.best = self.checkpoint(trainer)
+                self.best["optimizer"] = copy.deepcopy(self.best["optimizer"])  # the live state moves on
+            return
         ckpt = self.checkpoint(trainer)
         save_checkpoint(ckpt, self.dir / "last.pt")
-        if improved or not (self.dir / "best.pt").exists():
-            save_checkpoint(ckpt, self.dir / "best.pt")
+        if improved or self.best is not None or not (self.dir / "best.pt").exists():
+            save_checkpoint(ckpt if improved or self.best is None else self.best, self.dir / "best.pt")
+            self.best = None
         if self.save_period > 0 and (epoch + 1) % self.save_period == 0:
             save_checkpoint(ckpt, self.dir / f"epoch{epoch + 1}.pt")
 
     def checkpoint(self, trainer) -> dict[str, Any]:
-        cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
+        """A copy (not a view of the live weights: a CPU model's .cpu() is itself)."""
+        cpu = lambda m: {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}  # noqa: E731
         return {"model": cpu(unwrap(trainer.model)), "ema": cpu(self.ema.ema), "ema_updates": self.ema.updates,
                 **trainer.state_dict(), "config": self.describe, "version": FORMAT_VERSION,
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -142,3 +142,22 @@ def test_run_config_fills_options_from_data_defaults_and_reads_back_unchanged():
     saved = big.to_dict()
     saved["hyp"]["weight_decay"] = big.effective_weight_decay
     assert RunConfig.from_saved(saved, "old", version=1).hyp.weight_decay == pytest.approx(big.hyp.weight_decay)
+
+
+def test_new_options_go_through_the_saved_config_and_patience_needs_validation():
+    """--freeze (a tuple), --label-smoothing (into the hyp) and the validation size survive
+    config.yaml (plain YAML) and read back equal; --patience with --noval/--notest is refused."""
+    import yaml
+
+    from engine.config import RunConfig, TrainOptions
+
+    config = RunConfig.resolve(TrainOptions(freeze=(0, 2), label_smoothing=0.1, val_img_size=320, epochs=1), {})
+    assert config.hyp.label_smoothing == 0.1 and config.options.freeze == (0, 2)
+    saved = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    assert saved["args"]["freeze"] == [0, 2]
+    assert RunConfig.from_saved(saved, "run", version=2) == config
+    assert RunConfig.resolve(TrainOptions(freeze="backbone"), {}).to_dict()["args"]["freeze"] == "backbone"
+    for flag in ("noval", "notest"):
+        with pytest.raises(ConfigError, match=f"--patience 5 with --{flag}: patience counts epochs"):
+            TrainOptions(patience=5, **{flag: True}).check()
+    TrainOptions(patience=5).check()
