@@ -81,6 +81,6 @@ class FreezeHook(Hook):
     def __init__(self, norms: list[nn.Module]):
         self.norms = norms
 
-    def before_epoch(self, trainer: "Trainer") -> None:
+    def before_epoch(self, trainer) -> None:
         for m in self.norms:
             m.eval()
