@@ -9,11 +9,15 @@ import logging
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utils.errors import ConfigError
 from utils.io import load_yaml
 from utils.paths import REPO_ROOT, resolve_repo_path
+
+if TYPE_CHECKING:  # the shares' types; imported when used (Hyp._groups), so --help stays light
+    from data.augment import AugmentParams
+    from models.loss.losses import LossGains
 
 LOG = logging.getLogger("gradpath.config")
 DEFAULT_HYP = REPO_ROOT / "cfg" / "hyp" / "hyp.scratch-high.yaml"
@@ -126,8 +130,11 @@ HYP_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 
 @dataclass(frozen=True)
 class Hyp:
-    """The hyperparameters, typed. The field set is the key set of cfg/hyp/hyp.scratch-high.yaml,
-    which holds the default values (the dataclass holds none, so they live in one place)."""
+    """The hyperparameters, typed: the optimizer's and the schedule's here, the loss's as
+    `loss` (models.loss.losses.LossGains), the training augmentation's as `aug`
+    (data.augment.AugmentParams). Flat, in that order, they are the keys of
+    cfg/hyp/hyp.scratch-high.yaml, which holds the default values (no dataclass holds any, so
+    they live in one place); files, checkpoints and `replace` use the flat keys."""
 
     lr0: float
     lrf: float
@@ -138,36 +145,8 @@ class Hyp:
     warmup_bias_lr: float
     warmup_min_iters: int
     nominal_batch: int
-    box: float
-    cls: float
-    obj: float
-    cls_pw: float
-    obj_pw: float
-    anchor_t: float
-    obj_balance: tuple[float, ...]
-    fl_gamma: float
-    label_smoothing: float
-    box_af: float
-    cls_af: float
-    dfl: float
-    tal_topk: int
-    tal_alpha: float
-    tal_beta: float
-    seg: float
-    hsv_h: float
-    hsv_s: float
-    hsv_v: float
-    degrees: float
-    translate: float
-    scale: float
-    shear: float
-    perspective: float
-    flipud: float
-    fliplr: float
-    mosaic: float
-    mixup: float
-    copy_paste: float
-    albumentations: float
+    loss: LossGains
+    aug: AugmentParams
     close_mosaic: int
 
     @classmethod
@@ -192,36 +171,46 @@ class Hyp:
                          YOLOV7_WARMUP_MIN_ITERS)
         return cls.from_dict(values, str(path or DEFAULT_HYP))
 
+    @staticmethod
+    def _groups() -> dict[str, type]:
+        """The field holding each share, and its type (imported here: --help stays light)."""
+        from data.augment import AugmentParams
+        from models.loss.losses import LossGains
+
+        return {"loss": LossGains, "aug": AugmentParams}
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The flat keys, in file order."""
+        groups = cls._groups()
+        return [g.name for f in fields(cls) for g in (fields(groups[f.name]) if f.name in groups else [f])]
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "hyp") -> "Hyp":
-        """Every field from `values`, type- and range-checked (a saved run's hyp reads back here)."""
-        known = {f.name: f for f in fields(cls)}
-        missing = [k for k in known if k not in values]
+        """Every key from the flat `values`, type- and range-checked (a saved run's hyp reads back here)."""
+        keys = cls.keys()
+        missing = [k for k in keys if k not in values]
         if missing:
             raise ConfigError(f"{source}: hyperparameter '{missing[0]}' missing")
-        unknown = [k for k in values if k not in known]
+        unknown = [k for k in values if k not in keys]
         if unknown:
-            raise ConfigError(f"{source}: unknown hyperparameter '{unknown[0]}' (known: {', '.join(sorted(known))})")
-        return cls(**{k: _checked(source, k, values[k], known[k].type) for k in known})
+            raise ConfigError(f"{source}: unknown hyperparameter '{unknown[0]}' (known: {', '.join(sorted(keys))})")
+        check = lambda of: {f.name: _checked(source, f.name, values[f.name], f.type) for f in fields(of)}  # noqa: E731
+        groups = cls._groups()
+        own = {f.name: _checked(source, f.name, values[f.name], f.type) for f in fields(cls) if f.name not in groups}
+        return cls(**own, **{name: group(**check(group)) for name, group in groups.items()})
 
     def replace(self, **changes: Any) -> "Hyp":
+        """A copy with some flat keys changed (checked as a file's would be)."""
         return Hyp.from_dict({**self.as_dict(), **changes}, "hyp")
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain types (lists, not tuples), as a YAML file or a checkpoint holds them."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    def loss_gains(self):
-        """The loss's share of the hyperparameters (models.loss.LossGains)."""
-        from models.loss.losses import LossGains
-
-        return LossGains(**{f.name: getattr(self, f.name) for f in fields(LossGains)})
-
-    def augment(self):
-        """The training augmentation's share (data.augment.AugmentParams)."""
-        from data.augment import AugmentParams
-
-        return AugmentParams(**{f.name: getattr(self, f.name) for f in fields(AugmentParams)})
+        """The flat keys in file order, plain types (lists, not tuples), as a YAML file or a checkpoint holds them."""
+        flat: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flat.update(asdict(value) if dataclasses.is_dataclass(value) else {f.name: value})
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
 
 
 def _checked(source: str, key: str, value: Any, annotation: str) -> Any:

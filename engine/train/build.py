@@ -106,7 +106,7 @@ def build_trainer(opt: TrainOptions, train_loader=None) -> Trainer:
     frozen = freeze(model, frozen_layers(opt.freeze, model))
     if train_loader is None:
         train_loader, train_set = build_dataloader(
-            data_cfg, "train", opt.img_size, opt.batch_size // max(dist.world_size, 1), hyp.augment(), rect=opt.rect,
+            data_cfg, "train", opt.img_size, opt.batch_size // max(dist.world_size, 1), hyp.aug, rect=opt.rect,
             cache=opt.cache, workers=opt.workers, shuffle=not opt.rect, rank=dist.rank, world_size=dist.world_size,
             seed=opt.seed, single_cls=opt.single_cls, stride=stride, pin_memory=device.type == "cuda")
         start = int(resume.ckpt["epoch"]) + 1 if resume else 0
@@ -123,7 +123,7 @@ def build_trainer(opt: TrainOptions, train_loader=None) -> Trainer:
     if frozen.layers:
         LOG.info("%s", frozen.describe(len(model.layers)))
     optimizer = build_optimizer(model, opt.optimizer, hyp.lr0, hyp.momentum, config.effective_weight_decay)
-    criterion = build_criterion(hyp.loss_gains(), model.head.kind, opt.img_size)
+    criterion = build_criterion(hyp.loss, model.head.kind, opt.img_size)
     ema = ModelEMA(model) if dist.is_main else None
     if ema is not None:
         ema.skip = frozenset(frozen.params)  # unchanged: copied, not averaged (exact)

@@ -89,7 +89,7 @@ def _loss_and_grad(model, batch, device, precision):
     b = batch.to(device)
     with precision.autocast(device):
         outputs = model(b.images.float() / 255)
-    loss, terms = build_criterion(Hyp.load().loss_gains(), model.head.kind, b.images.shape[-1])(outputs, b)
+    loss, terms = build_criterion(Hyp.load().loss, model.head.kind, b.images.shape[-1])(outputs, b)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grad = torch.cat([p.grad.float().flatten().cpu() for p in model.parameters()])
@@ -173,7 +173,7 @@ def test_torchrun_one_process_nccl_sync_bn_two_steps(work, small_cfg):
 
 def test_pinned_batches_reach_the_gpu_without_blocking():
     loader, _ = build_dataloader(load_data_config(ROOT / "cfg/data/coco-mini.yaml"), "train", 256, 4,
-                                 Hyp.load().augment(), workers=2, pin_memory=True)
+                                 Hyp.load().aug, workers=2, pin_memory=True)
     batch = next(iter(loader))
     assert batch.images.is_pinned() and batch.masks.is_pinned() and batch.boxes.is_pinned()
     moved = batch.to(GPU, non_blocking=True)

@@ -231,7 +231,7 @@ def test_w6_aux_heads_get_a_quarter_weighted_loss():
     from utils.structures import Batch
 
     model, _ = build_from_official(read_official(official_file("yolov7-w6-w025")))
-    hyp = Hyp.load().loss_gains()
+    hyp = Hyp.load().loss
     boxes = torch.tensor([[20.0, 30.0, 90.0, 100.0], [60.0, 10.0, 120.0, 50.0]])
     batch = Batch(torch.zeros(2, 3, 128, 128, dtype=torch.uint8), torch.tensor([0, 1]), torch.tensor([0, 5]), boxes,
                   torch.zeros(2, 32, 32, dtype=torch.uint8), [0, 1], ["", ""], [(128, 128)] * 2, [((1.0, 1.0), (0.0, 0.0))] * 2)

@@ -39,7 +39,7 @@ def official_terms(stem: str) -> tuple[dict, LossGains]:
     path = require_shared(OFFICIAL / f"{stem}.json", "official loss figures")
     ref = json.loads(path.read_text())
     # the official gains as given: no rescaling by image size (img_size=640 below), classes or levels
-    gains = Hyp.load().loss_gains()
+    gains = Hyp.load().loss
     given = {k: v for k, v in ref["hyp"].items() if hasattr(gains, k)}
     return ref, dataclasses.replace(gains, **given, obj_balance=(4.0, 1.0, 0.4), seg=1.0)
 

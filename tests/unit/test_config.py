@@ -105,25 +105,26 @@ def test_hyp_values_are_typed_and_in_range(tmp_path):
         with pytest.raises(ConfigError, match=message):
             Hyp.load(tmp_path / "h.yaml")
     hyp = Hyp.load()
-    assert isinstance(hyp.nominal_batch, int) and hyp.obj_balance == (4.0, 1.0, 0.4)
-    assert hyp.replace(mosaic=0.25).mosaic == 0.25 and hyp.mosaic == 1.0  # frozen: replace makes a copy
+    assert isinstance(hyp.nominal_batch, int) and hyp.loss.obj_balance == (4.0, 1.0, 0.4)
+    assert hyp.replace(mosaic=0.25).aug.mosaic == 0.25 and hyp.aug.mosaic == 1.0  # frozen: replace makes a copy
     with pytest.raises(ConfigError, match="'scale' must be in"):
         hyp.replace(scale=1.0)
 
 
-def test_hyp_fields_are_the_default_file_keys():
-    """The dataclass holds the types, cfg/hyp/hyp.scratch-high.yaml the values: the same keys, and
-    the loss's and the augmentation's shares are views of it."""
-    from dataclasses import fields
-
+def test_hyp_keys_are_the_default_file_keys():
+    """The dataclasses hold the types, cfg/hyp/hyp.scratch-high.yaml the values: the same keys in
+    the same order, the loss's and the augmentation's shares typed by their own modules."""
     from data.augment import AugmentParams
     from engine.config import DEFAULT_HYP
     from models.loss.losses import LossGains
 
-    assert [f.name for f in fields(Hyp)] == list(load_yaml(DEFAULT_HYP))
+    default = load_yaml(DEFAULT_HYP)
+    assert Hyp.keys() == list(default)
     hyp = Hyp.load()
-    assert hyp.loss_gains() == LossGains(**{f.name: getattr(hyp, f.name) for f in fields(LossGains)})
-    assert hyp.augment().mosaic == hyp.mosaic and hyp.augment().hsv_v == hyp.hsv_v
+    assert isinstance(hyp.loss, LossGains) and isinstance(hyp.aug, AugmentParams)
+    assert hyp.as_dict() == {k: list(v) if isinstance(v, tuple) else v for k, v in default.items()}
+    assert (hyp.loss.seg, hyp.aug.mosaic, hyp.aug.hsv_v) == (default["seg"], default["mosaic"], default["hsv_v"])
+    assert Hyp.from_dict(hyp.as_dict()) == hyp
 
 
 def test_run_config_fills_options_from_data_defaults_and_reads_back_unchanged():
@@ -152,7 +153,7 @@ def test_new_options_go_through_the_saved_config_and_patience_needs_validation()
     from engine.config import RunConfig, TrainOptions
 
     config = RunConfig.resolve(TrainOptions(freeze=(0, 2), label_smoothing=0.1, val_img_size=320, epochs=1), {})
-    assert config.hyp.label_smoothing == 0.1 and config.options.freeze == (0, 2)
+    assert config.hyp.loss.label_smoothing == 0.1 and config.options.freeze == (0, 2)
     saved = yaml.safe_load(yaml.safe_dump(config.to_dict()))
     assert saved["args"]["freeze"] == [0, 2]
     assert RunConfig.from_saved(saved, "run", version=2) == config

@@ -22,7 +22,7 @@ S, NC, NM, R = 128, 80, 32, 16
 def hyp():
     from engine.config import Hyp
 
-    return Hyp.load().loss_gains()
+    return Hyp.load().loss
 
 
 def make_batch(boxes: list[list[float]], bidx: list[int], classes: list[int], b: int = 2, size: int = S) -> Batch:

@@ -28,7 +28,7 @@ ANCHORS = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119],
 def hyp():
     from engine.config import Hyp
 
-    return Hyp.load().loss_gains()
+    return Hyp.load().loss
 
 def batch_with_masks(b: int = 2) -> Batch:
     boxes = torch.tensor([[10.0, 20.0, 60.0, 90.0], [50.0, 50.0, 120.0, 110.0], [5.0, 5.0, 20.0, 15.0]])
