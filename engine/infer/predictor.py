@@ -158,7 +158,7 @@ class Predictor:
     def input_shape(self, frame: Frame) -> tuple[int, int]:
         """(h, w) the frame is letterboxed to: a static ONNX export's input size, else img_size on
         the long side with the short side padded only to the next stride multiple, as the
-        official detect.py does (square 640 batches matched 111 of its 246 dev32 detections)."""
+        official detect.py does (square batches change the detections)."""
         return getattr(self.backend, "fixed", None) or letterbox_shape(
             frame.image.shape[:2], self.img_size, auto=True, stride=self.backend.meta.stride)[1]
 

@@ -505,8 +505,7 @@ def test_read_only_dataset_keeps_its_caches_elsewhere(tmp_path, monkeypatch):
 
 
 def test_rect_training_batches_take_their_shapes():
-    """--rect for training: no mosaic, each image letterboxed to its batch's rectangle (the loader
-    used to ignore the shapes and train square)."""
+    """--rect for training: no mosaic, each image letterboxed to its batch's rectangle, not a square."""
     random.seed(0)
     loader, ds = build_dataloader(load_data_config(MINI), "train", 256, 4, Hyp.load().aug, rect=True)
     assert not ds.mosaic
