@@ -1,5 +1,6 @@
 """From the model's eval output to per-image Detections in original pixels: confidence filter,
-class-aware NMS, and mask decoding. Shared by the evaluator, the predictor and ONNX inference."""
+class-aware NMS, and mask decoding (or, for an end-to-end export, only the mapping back to
+original pixels). Shared by the evaluator, the predictor and every inference backend."""
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,8 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from utils.boxes import RatioPad, input_to_orig
-from utils.masks import decode_masks
-from utils.structures import Detections
+from utils.masks import decode_masks, paste_masks
+from utils.structures import Detections, End2EndOutput
 
 MAX_NMS_INPUT = 30000  # candidates kept (by score) before NMS, so a random model cannot stall it
 
@@ -52,3 +53,21 @@ def postprocess(pred: Tensor, proto: Tensor | None, input_shape: tuple[int, int]
         out.append(Detections(input_to_orig(boxes.float(), ratio_pads[b], orig_shapes[b]), scores.float(),
                               cls.long(), masks))
     return out
+
+
+def end2end_postprocess(out: End2EndOutput, input_shape: tuple[int, int], orig_shapes: list[tuple[int, int]],
+                        ratio_pads: list[RatioPad], classes: list[int] | None = None) -> list[Detections]:
+    """An end-to-end export's padded detections -> per-image Detections in original pixels (its
+    NMS, thresholds and top-k were baked in at export; `classes` still filters)."""
+    dets = []
+    for b in range(out.boxes.shape[0]):
+        k = int(out.num_dets[b, 0])
+        cls = out.classes[b, :k].long()
+        keep = torch.isin(cls, torch.as_tensor(classes, device=cls.device)) if classes is not None else slice(None)
+        boxes = out.boxes[b, :k][keep].float()
+        masks = None
+        if out.masks is not None:
+            masks = paste_masks(out.masks[b, :k][keep], input_shape, orig_shapes[b], ratio_pads[b])
+        dets.append(Detections(input_to_orig(boxes, ratio_pads[b], orig_shapes[b]), out.scores[b, :k][keep].float(),
+                               cls[keep], masks))
+    return dets

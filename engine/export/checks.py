@@ -1,0 +1,99 @@
+"""Every export is run once on a real image and compared with the PyTorch model before the file
+is kept: raw outputs by their largest difference, end-to-end outputs by the detections they give
+against utils.postprocess on the same input."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from data.augment import letterbox
+from utils.boxes import box_iou
+from utils.structures import Detections
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECK_IMAGE = ROOT / "datasets" / "coco-mini" / "images" / "000000040961.jpg"
+
+
+class ExportError(RuntimeError):
+    """An export that failed (a check against PyTorch, a missing runtime); one line, nothing kept."""
+
+
+def check_input(img_size: int, batch: int = 1, image: Path = CHECK_IMAGE):
+    """(x float (batch,3,S,S) 0-1 RGB, orig (h0,w0), ratio_pad): the image letterboxed to a square."""
+    bgr = cv2.imread(str(image))
+    if bgr is None:
+        raise ExportError(f"{image}: the check image cannot be read")
+    img, rp = letterbox(bgr, img_size)
+    x = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))).float() / 255.0
+    return x[None].repeat(batch, 1, 1, 1), bgr.shape[:2], rp
+
+
+def max_abs_diff(got: list[np.ndarray], ref: list[Tensor]) -> float:
+    """Largest absolute difference over all outputs (raw exports)."""
+    if len(got) != len(ref):
+        raise ExportError(f"the export has {len(got)} outputs, the model {len(ref)}")
+    return float(max(np.abs(np.asarray(g, np.float32) - r.detach().float().cpu().numpy()).max() for g, r in zip(got, ref)))
+
+
+@dataclass
+class DetectionDiff:
+    """How an export's detections of one image differ from PyTorch's."""
+
+    n_ref: int
+    n_got: int
+    unmatched: int  # detections of either side with no same-class partner at IoU >= 0.5
+    min_box_iou: float  # over matched pairs (1.0 when there are none)
+    max_score_diff: float
+    min_mask_iou: float
+
+    @property
+    def largest(self) -> str:
+        return (f"{self.n_got} vs {self.n_ref} detections, {self.unmatched} unmatched, box IoU >= {self.min_box_iou:.4f}, "
+                f"score diff <= {self.max_score_diff:.2e}, mask IoU >= {self.min_mask_iou:.4f}")
+
+    def ok(self, box_iou_min: float = 0.99, score_tol: float = 1e-3, mask_iou_min: float = 0.98) -> bool:
+        return (self.unmatched == 0 and self.min_box_iou >= box_iou_min and self.max_score_diff <= score_tol
+                and self.min_mask_iou >= mask_iou_min)
+
+
+def compare_detections(ref: Detections, got: Detections) -> DetectionDiff:
+    """Greedy one-to-one matching, best IoU first, same class only."""
+    iou = box_overlap(ref.boxes.float(), got.boxes.float()) * (ref.classes[:, None] == got.classes[None, :])
+    pairs = []
+    while iou.numel() and iou.max() >= 0.5:
+        i, j = divmod(int(iou.argmax()), iou.shape[1])
+        pairs.append((i, j, float(iou[i, j])))
+        iou[i, :], iou[:, j] = -1, -1
+    score = max((abs(float(ref.scores[i]) - float(got.scores[j])) for i, j, _ in pairs), default=0.0)
+    mask = 1.0
+    if ref.masks is not None and got.masks is not None and pairs:
+        i, j = (torch.tensor(v) for v in list(zip(*pairs))[:2])
+        mask = mask_iou(ref.masks[i], got.masks[j])
+    return DetectionDiff(len(ref), len(got), len(ref) + len(got) - 2 * len(pairs),
+                         min((p[2] for p in pairs), default=1.0), score, mask)
+
+
+def box_overlap(a: Tensor, b: Tensor, tol: float = 0.5) -> Tensor:
+    """(N,M) IoU, with 1 for boxes within tol pixels of each other: boxes clipped to an image edge
+    can have no area, and two equal ones then have IoU 0."""
+    close = (a[:, None] - b[None]).abs().amax(-1) <= tol
+    return torch.where(close, torch.ones_like(close, dtype=a.dtype), box_iou(a, b))
+
+
+MIN_MASK_AREA = 32 * 32  # COCO's small/medium boundary, in original pixels
+
+
+def mask_iou(a: Tensor, b: Tensor) -> float:
+    """Agreement of paired bool masks (N,H,W): the lowest IoU of the pairs whose union covers at
+    least MIN_MASK_AREA pixels, and the IoU of all pixels pooled, whichever is lower. A mask of a
+    few hundred pixels loses 0.02 IoU to a handful of pixels at the 0.5 threshold, which float
+    rounding between runtimes can move; the pooled IoU still counts them."""
+    inter, union = (a & b).flatten(1).sum(1), (a | b).flatten(1).sum(1)
+    big = union >= MIN_MASK_AREA
+    pooled = float(inter.sum() / union.sum()) if union.sum() else 1.0
+    return min(pooled, float((inter[big] / union[big]).min()) if big.any() else 1.0)
