@@ -32,17 +32,19 @@ def proto_conv(model: nn.Module) -> list[tuple[nn.Conv2d, list[str]]]:
 
 
 @torch.no_grad()
-def spread_head(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """model: eval mode, unfused; x: (1,3,H,W) a real image 0-1. Changes the model in place."""
+def spread_head(model: nn.Module, x: torch.Tensor, **roles: tuple[float, float]) -> nn.Module:
+    """model: eval mode, unfused; x: (1,3,H,W) a real image 0-1; roles: (mean, std) overrides of
+    ROLES. Changes the model in place."""
+    roles_ = {**ROLES, **roles}
     convs = prediction_convs(model) + proto_conv(model)
     outs = {}
     hooks = [c.register_forward_hook(lambda m, i, o: outs.__setitem__(m, o)) for c, _ in convs]
     model(x)
     for h in hooks:
         h.remove()
-    for c, roles in convs:
+    for c, kinds in convs:
         o = outs[c].transpose(0, 1).flatten(1)  # (C, positions)
-        mean, std = (torch.tensor([ROLES[r][k] for r in roles]) for k in (0, 1))
+        mean, std = (torch.tensor([roles_[r][k] for r in kinds]) for k in (0, 1))
         scale = std / o.std(1).clamp(min=1e-6)
         c.weight.mul_(scale.view(-1, 1, 1, 1))
         if c.bias is not None:

@@ -61,21 +61,43 @@ class DetectionDiff:
                 and self.min_mask_iou >= mask_iou_min)
 
 
-def compare_detections(ref: Detections, got: Detections) -> DetectionDiff:
-    """Greedy one-to-one matching, best IoU first, same class only."""
+def compare_detections(ref: Detections, got: Detections, floor: float = -1.0) -> DetectionDiff:
+    """One-to-one matching of the largest total IoU, same class only, pairs at IoU >= 0.5. Detections scoring <= floor are
+    matched when they can be but not counted when they cannot: at a top-k cut, near-equal scores
+    on either side of it may swap between runtimes."""
+    from scipy.optimize import linear_sum_assignment
+
     iou = box_overlap(ref.boxes.float(), got.boxes.float()) * (ref.classes[:, None] == got.classes[None, :])
-    pairs = []
-    while iou.numel() and iou.max() >= 0.5:
-        i, j = divmod(int(iou.argmax()), iou.shape[1])
-        pairs.append((i, j, float(iou[i, j])))
-        iou[i, :], iou[:, j] = -1, -1
+    rows, cols = linear_sum_assignment(iou.cpu().numpy(), maximize=True)  # greedy mispairs chains of edge slivers
+    pairs = [(i, j, float(iou[i, j])) for i, j in zip(rows.tolist(), cols.tolist()) if iou[i, j] >= 0.5]
     score = max((abs(float(ref.scores[i]) - float(got.scores[j])) for i, j, _ in pairs), default=0.0)
     mask = 1.0
     if ref.masks is not None and got.masks is not None and pairs:
         i, j = (torch.tensor(v) for v in list(zip(*pairs))[:2])
         mask = mask_iou(ref.masks[i], got.masks[j])
-    return DetectionDiff(len(ref), len(got), len(ref) + len(got) - 2 * len(pairs),
+    lone_ref = [i for i in range(len(ref)) if i not in {p[0] for p in pairs} and ref.scores[i] > floor]
+    lone_got = [j for j in range(len(got)) if j not in {p[1] for p in pairs} and got.scores[j] > floor]
+    swaps = _near_tie_swaps(ref, got, lone_ref, lone_got)
+    return DetectionDiff(len(ref), len(got), len(lone_ref) + len(lone_got) - 2 * swaps,
                          min((p[2] for p in pairs), default=1.0), score, mask)
+
+
+def _near_tie_swaps(ref: Detections, got: Detections, lone_ref: list[int], lone_got: list[int],
+                    score_tol: float = 1e-4) -> int:
+    """Unmatched pairs that are one decision taken the other way on a tie within score_tol: NMS
+    keeping the other of two overlapping boxes of a class, or a box's best class chosen among two
+    equal probabilities (saturated sigmoids are exactly 1.0 in one runtime and not in another)."""
+    used, swaps = set(), 0
+    for i in lone_ref:
+        for j in lone_got:
+            if j in used or abs(float(ref.scores[i] - got.scores[j])) > score_tol:
+                continue
+            overlap = float(box_overlap(ref.boxes[i:i + 1].float(), got.boxes[j:j + 1].float()))
+            if (ref.classes[i] == got.classes[j] and overlap > 0) or overlap >= 0.99:
+                used.add(j)
+                swaps += 1
+                break
+    return swaps
 
 
 def box_overlap(a: Tensor, b: Tensor, tol: float = 0.5) -> Tensor:
