@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from utils.boxes import RatioPad
+from utils.geometry import RatioPad
 
 
 def crop_to_boxes(masks: Tensor, boxes: Tensor) -> Tensor:
@@ -36,14 +36,15 @@ def decode_masks(coef: Tensor, proto: Tensor, boxes_input: Tensor, input_shape: 
         return torch.zeros((0, h0, w0), dtype=torch.bool, device=coef.device)
     nm, ph, pw = proto.shape
     logits = (coef.float() @ proto.float().view(nm, -1)).view(n, ph, pw)
+    ih, iw = input_shape
+    gx, gy = pw / iw, ph / ih
+    (sx, sy), (px, py) = ratio_pad
+    top, bottom, left, right = image_window((ph, pw), input_shape, orig_shape, ratio_pad)
     if retina:
-        top, bottom, left, right = image_window((ph, pw), input_shape, orig_shape, ratio_pad)
-        (sx, sy), (px, py) = ratio_pad
         full = F.interpolate(logits[None, :, top:bottom, left:right], size=(h0, w0), mode="bilinear",
                              align_corners=False)[0]
         boxes_orig = (boxes_input - boxes_input.new_tensor([px, py, px, py])) / boxes_input.new_tensor([sx, sy, sx, sy])
         return crop_to_boxes((full > 0).to(torch.uint8), boxes_orig).bool()
-    gx, gy = pw / input_shape[1], ph / input_shape[0]
     cropped = crop_to_boxes(logits.sigmoid(), boxes_input * boxes_input.new_tensor([gx, gy, gx, gy]))
     return paste_masks(cropped, input_shape, orig_shape, ratio_pad)
 
@@ -65,7 +66,8 @@ def image_window(proto_shape: tuple[int, int], input_shape: tuple[int, int], ori
 def paste_masks(probs: Tensor, input_shape: tuple[int, int], orig_shape: tuple[int, int],
                 ratio_pad: RatioPad) -> Tensor:
     """probs: (N, h, w) box-cropped mask probabilities at prototype resolution -> bool (N, h0, w0)
-    in original pixels (the letterbox padding cut off, resized bilinearly, thresholded at 0.5)."""
+    in original pixels (the letterbox padding cut off, resized bilinearly, thresholded at 0.5):
+    the decode's last step, shared with end-to-end exports whose masks come cropped."""
     h0, w0 = orig_shape
     if probs.shape[0] == 0:
         return torch.zeros((0, h0, w0), dtype=torch.bool, device=probs.device)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from data.augment import letterbox
-from utils.boxes import box_iou
+from utils.geometry import box_iou
 from utils.structures import Detections
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,11 @@ CHECK_IMAGE = ROOT / "datasets" / "coco-mini" / "images" / "000000040961.jpg"
 
 
 class ExportError(RuntimeError):
-    """An export that failed (a check against PyTorch, a missing runtime); one line, nothing kept."""
+    """An export that cannot be made (a bad option, a missing runtime); one line, nothing kept."""
+
+
+class CheckFailed(ExportError):
+    """An export whose check against PyTorch failed: the file was not kept."""
 
 
 def check_input(img_size: int, batch: int = 1, image: Path = CHECK_IMAGE):
@@ -50,11 +54,12 @@ class DetectionDiff:
     min_box_iou: float  # over matched pairs (1.0 when there are none)
     max_score_diff: float
     min_mask_iou: float
+    masks: bool = False  # whether masks were compared
 
     @property
     def largest(self) -> str:
         return (f"{self.n_got} vs {self.n_ref} detections, {self.unmatched} unmatched, box IoU >= {self.min_box_iou:.4f}, "
-                f"score diff <= {self.max_score_diff:.2e}, mask IoU >= {self.min_mask_iou:.4f}")
+                f"score diff <= {self.max_score_diff:.2e}" + (f", mask IoU >= {self.min_mask_iou:.4f}" if self.masks else ""))
 
     def ok(self, box_iou_min: float = 0.99, score_tol: float = 1e-3, mask_iou_min: float = 0.98) -> bool:
         return (self.unmatched == 0 and self.min_box_iou >= box_iou_min and self.max_score_diff <= score_tol
@@ -79,7 +84,7 @@ def compare_detections(ref: Detections, got: Detections, floor: float = -1.0) ->
     lone_got = [j for j in range(len(got)) if j not in {p[1] for p in pairs} and got.scores[j] > floor]
     swaps = _near_tie_swaps(ref, got, lone_ref, lone_got)
     return DetectionDiff(len(ref), len(got), len(lone_ref) + len(lone_got) - 2 * swaps,
-                         min((p[2] for p in pairs), default=1.0), score, mask)
+                         min((p[2] for p in pairs), default=1.0), score, mask, ref.masks is not None)
 
 
 def _near_tie_swaps(ref: Detections, got: Detections, lone_ref: list[int], lone_got: list[int],

@@ -11,15 +11,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.export.checks import ExportError, check_input, compare_detections, max_abs_diff
+from engine.checkpoint import BakedNms, ModelMeta, load_model
+from engine.export.checks import CheckFailed, ExportError, check_input, compare_detections, max_abs_diff
 from engine.export.end2end import End2End
 from engine.export.files import staged_file, writable_dir
-from engine.export.graph import onnx_bytes
-from engine.export.meta import ExportMeta, meta_from_checkpoint
+from engine.export.onnx import onnx_bytes
+from engine.export.options import ExportOptions, validate
 from utils.postprocess import end2end_postprocess, postprocess
 
 LOG = logging.getLogger("gradpath.export")
-FORMATS = ("onnx", "openvino", "torchscript", "engine")
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_DATA = ROOT / "cfg" / "data" / "coco-mini.yaml"
 # largest raw difference relative to max(1, the output's largest magnitude), and the end-to-end
@@ -31,34 +31,12 @@ E2E_TOL = {"fp32": (0.99, 1e-3, 0.98, 0.0), "fp16": (0.9, 3e-2, 0.85, 0.2), "int
 
 
 @dataclass
-class ExportOptions:
-    weights: str
-    include: tuple[str, ...] = ("onnx",)
-    img_size: int | None = None
-    batch_size: int = 1
-    dynamic: bool = False  # dynamic batch and input size (end-to-end graphs always have dynamic batch)
-    half: bool = False
-    int8: bool = False
-    data: str | None = None  # INT8 calibration images (the train split); default: the bundled set
-    fraction: float = 1.0  # share of that split used to calibrate
-    nms: bool = False
-    topk_all: int = 100
-    iou_thres: float = 0.45
-    conf_thres: float = 0.25
-    multi_label: bool = False
-    simplify: bool = False
-    opset: int = 17
-    device: str = "cpu"
-    workspace: float = 4.0  # TensorRT builder memory, GB
-    out: str | None = None  # the ONNX path; other formats take its folder and stem
-
-
-@dataclass
 class Exported:
     format: str
     path: Path
     check: str  # the comparison with PyTorch, one line
     precision: str = "fp32"
+    ap: str = ""  # INT8 with --data: the AP against PyTorch on its val split, one line
 
 
 @dataclass
@@ -68,7 +46,7 @@ class Job:
     opt: ExportOptions
     model: nn.Module
     module: nn.Module  # model, or End2End(model)
-    meta: ExportMeta
+    meta: ModelMeta
     device: torch.device
     head_index: int
     x: torch.Tensor  # the check input (B,3,S,S)
@@ -79,41 +57,31 @@ class Job:
 
 
 def export(opt: ExportOptions) -> list[Exported]:
-    bad = [f for f in opt.include if f not in FORMATS]
-    if bad or not opt.include:
-        raise ExportError(f"--include {' '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}")
-    job = prepare(opt)
-    writable_dir(job.stem.parent)
+    """Every format of opt.include, in that order, each checked before it is kept; raises
+    ExportError (one line) on a bad option before anything is loaded or written."""
+    device = validate(opt)
+    stem = Path(opt.out).with_suffix("") if opt.out else Path(opt.weights).with_suffix("")
+    writable_dir(stem.parent)
+    job = prepare(opt, device, stem)
     done = []
     for fmt in dict.fromkeys(opt.include):
         done += WRITERS[fmt](job)
-        for e in done[-1:]:
-            LOG.info("%s: %s (%s)", e.format, e.path, e.check)
     return done
 
 
-def prepare(opt: ExportOptions) -> Job:
-    from engine.checkpoint import load_model
-    from utils.dist import select_device
-
-    device = select_device(opt.device, several=True)
-    if opt.half and device.type != "cuda" and set(opt.include) & {"onnx", "engine"}:
-        raise ExportError("--half: FP16 ONNX and TensorRT exports need a CUDA device (--device 0); "
-                          "OpenVINO FP16 runs here")
+def prepare(opt: ExportOptions, device: torch.device, stem: Path) -> Job:
     model, ckpt = load_model(opt.weights, device, fuse=True)
-    size = opt.img_size or int(ckpt.get("config", {}).get("img_size", 640))
-    stride = int(max(model.stride))
-    if size % stride:
-        raise ExportError(f"--img-size {size} must be a multiple of the model stride {stride}")
-    meta = meta_from_checkpoint(ckpt, model.nc, model.nm, stride, size)
+    meta = ModelMeta.of(ckpt, model)
+    size = opt.img_size or meta.img_size
+    if size % meta.stride:
+        raise ExportError(f"--img-size {size} must be a multiple of the model stride {meta.stride}")
+    meta = replace(meta, img_size=size)
     module: nn.Module = model
     if opt.nms:
         module = End2End(model, model.nc, model.nm, opt.conf_thres, opt.iou_thres, opt.topk_all, opt.multi_label)
-        meta = replace(meta, end2end=True, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres, topk=opt.topk_all,
-                       multi_label=opt.multi_label)
+        meta = replace(meta, nms=BakedNms(opt.conf_thres, opt.iou_thres, opt.topk_all, opt.multi_label))
     batch = 2 if (opt.dynamic or opt.nms) else opt.batch_size  # two images prove the batch axis is free
     x, orig, rp = check_input(size, batch)
-    stem = Path(opt.out).with_suffix("") if opt.out else Path(opt.weights).with_suffix("")
     return Job(opt, model, module, meta, device, len(model.layers) - 1, x.to(device), orig, rp, stem)
 
 
@@ -148,9 +116,9 @@ def checker(job: Job, precision: str, what: str):
             got = [out.pred] + ([out.proto] if out.proto is not None else [])
             diff = max_abs_diff([g.cpu().numpy() for g in got], ref)
             rel = diff / max(1.0, max(float(r.abs().max()) for r in ref))
-            report, ok = f"max abs diff vs PyTorch {diff:.2e} (relative {rel:.1e})", rel <= RAW_TOL[precision]
+            report, ok = f"max abs diff {diff:.2e} vs PyTorch (relative {rel:.1e})", rel <= RAW_TOL[precision]
         if not ok:
-            raise ExportError(f"{what}: the check against PyTorch failed on {job.x.shape[0]} images: {report}; "
+            raise CheckFailed(f"{what}: the check against PyTorch failed on {job.x.shape[0]} images: {report}; "
                               f"nothing was written")
         return report
 
@@ -162,12 +130,12 @@ def _check_detections(job: Job, out, pred, proto, precision: str) -> tuple[str, 
     an end-to-end graph, else (INT8 raw outputs) at detect.py's defaults."""
     shape = tuple(job.x.shape[-2:])
     n = job.x.shape[0]
-    m = job.meta
-    conf, iou, k = (m.conf_thres, m.iou_thres, m.topk) if m.end2end else (0.25, 0.45, 300)
+    nms = job.meta.nms or BakedNms(0.25, 0.45, 300)
+    conf, iou, k = nms.conf_thres, nms.iou_thres, nms.topk
     orig, rps = [job.orig_shape] * n, [job.ratio_pad] * n
-    ref = postprocess(pred, proto, shape, orig, rps, conf, iou, k, multi_label=m.multi_label)
-    got = (end2end_postprocess(out, shape, orig, rps) if m.end2end else
-           postprocess(out.pred, out.proto, shape, orig, rps, conf, iou, k, multi_label=m.multi_label))
+    ref = postprocess(pred, proto, shape, orig, rps, conf, iou, k, multi_label=nms.multi_label)
+    got = (end2end_postprocess(out, shape, orig, rps) if job.meta.end2end else
+           postprocess(out.pred, out.proto, shape, orig, rps, conf, iou, k, multi_label=nms.multi_label))
     box, score, mask, unmatched = E2E_TOL[precision]
     floors = [float(r.scores.min()) + max(score, 1e-3) if len(r) == k else -1.0 for r in ref]  # the top-k cut
     diffs = [compare_detections(r, g, f) for r, g, f in zip(ref, got, floors)]
@@ -204,7 +172,7 @@ def write_openvino_all(job: Job) -> list[Exported]:
         dest = job.stem.with_name(f"{name}_int8_openvino_model")
         report = write_openvino(onnx_data(job), job.meta, dest, False, checker(job, "int8", "--include openvino --int8"),
                                 (images, len(images), job.head_index))
-        out.append(Exported("openvino", dest, report, "int8"))
+        out.append(Exported("openvino", dest, report, "int8", int8_ap_line(job, dest)))
     return out
 
 
@@ -216,15 +184,14 @@ def write_torchscript_file(job: Job) -> list[Exported]:
         LOG.warning("--include torchscript: written in FP32 with raw outputs (--nms and --half apply to "
                     "ONNX, OpenVINO and TensorRT)")
     dest = job.stem.with_suffix(".torchscript")
-    raw = replace(job.meta, end2end=False, conf_thres=0.0, iou_thres=0.0, topk=0, multi_label=False)
+    raw = replace(job.meta, nms=None)
     check = checker(replace(job, meta=raw), "fp32", "--include torchscript")
     return [Exported("torchscript", dest, write_torchscript(job.model, job.x, raw, dest, check))]
 
 
 def write_engine_file(job: Job) -> list[Exported]:
-    from engine.export.tensorrt import require_tensorrt, write_engine
+    from engine.export.tensorrt import write_engine
 
-    require_tensorrt(job.device)
     b, _, h, w = job.x.shape
     size = job.meta.img_size
     if job.opt.dynamic:
@@ -238,7 +205,20 @@ def write_engine_file(job: Job) -> list[Exported]:
     dest = job.stem.with_suffix(".engine")
     report = write_engine(onnx_data(job), job.meta, dest, job.device, job.opt.half, calib, shapes,
                           checker(job, precision, "--include engine"), job.opt.workspace)
-    return [Exported("engine", dest, report, precision)]
+    return [Exported("engine", dest, report, precision, int8_ap_line(job, dest) if job.opt.int8 else "")]
+
+
+def int8_ap_line(job: Job, path: Path) -> str:
+    """The INT8 model's AP against PyTorch on --data's val split, or '' without one."""
+    from engine.export.quant_ap import int8_ap
+
+    if not job.opt.data:
+        return ""
+    drop = int8_ap(job.model, job.meta, path, job.opt.data, job.device)
+    if drop is None:
+        LOG.info("INT8: %s has no val split with the model's %d classes; no AP check", job.opt.data, len(job.meta.names))
+        return ""
+    return drop.line(job.opt.data, job.meta.img_size)
 
 
 def calibration_images(job: Job) -> list[np.ndarray]:
@@ -247,8 +227,6 @@ def calibration_images(job: Job) -> list[np.ndarray]:
     from data.config import load_data_config
     from data.loader import build_dataloader
 
-    if not 0.0 < job.opt.fraction <= 1.0:
-        raise ExportError(f"--fraction {job.opt.fraction}: must be in (0, 1]")
     cfg = load_data_config(job.opt.data or BUNDLED_DATA)
     split = "train" if "train" in cfg.splits else "val"
     loader, dataset = build_dataloader(cfg, split, job.meta.img_size, 1, workers=0, stride=job.meta.stride,

@@ -3,14 +3,15 @@ ONNX graph, as a folder NAME_openvino_model/ holding NAME.xml and NAME.bin; the 
 goes in the IR's rt_info under "gradpath"."""
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
+from engine.checkpoint import ModelMeta
 from engine.export.files import staged_dir
-from engine.export.meta import ExportMeta
 
 
 def ignored_patterns(head_index: int) -> list[str]:
@@ -23,7 +24,7 @@ def ignored_patterns(head_index: int) -> list[str]:
     return [h + r"(?!proto/)(?!(box|cls|coef)\.\d+\.[01]/)", r"^/(?!model/|layers\.)"]
 
 
-def to_openvino(onnx_path: Path, meta: ExportMeta):
+def to_openvino(onnx_path: Path, meta: ModelMeta):
     """The ov.Model of an ONNX file, with the metadata in its rt_info."""
     import openvino as ov
 
@@ -36,13 +37,19 @@ def to_openvino(onnx_path: Path, meta: ExportMeta):
 def quantize_int8(model, images: Iterable[np.ndarray], n_images: int, head_index: int):
     """NNCF post-training INT8 of an ov.Model, calibrated on `images` ((1,3,H,W) float32 0-1)."""
     import nncf
+    from nncf.common.logging import nncf_logger
 
     scope = nncf.IgnoredScope(patterns=ignored_patterns(head_index), validate=False)
-    return nncf.quantize(model, nncf.Dataset(list(images)), preset=nncf.QuantizationPreset.MIXED,
-                         subset_size=n_images, ignored_scope=scope)
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.WARNING)  # at INFO it lists every op it leaves in float
+    try:
+        return nncf.quantize(model, nncf.Dataset(list(images)), preset=nncf.QuantizationPreset.MIXED,
+                             subset_size=n_images, ignored_scope=scope)
+    finally:
+        nncf_logger.setLevel(level)
 
 
-def write_openvino(onnx_data: bytes, meta: ExportMeta, dest: Path, half: bool, check: Callable[[Path], str],
+def write_openvino(onnx_data: bytes, meta: ModelMeta, dest: Path, half: bool, check: Callable[[Path], str],
                    calibration: tuple[Iterable[np.ndarray], int, int] | None = None) -> str:
     """Write dest/ (NAME.xml + NAME.bin, NAME = dest's name without _openvino_model); return the
     check's report. calibration: (images, count, head layer index) for INT8."""

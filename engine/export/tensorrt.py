@@ -11,9 +11,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from engine.checkpoint import ModelMeta
 from engine.export.checks import ExportError
 from engine.export.files import staged_file
-from engine.export.meta import ExportMeta
 from engine.infer.backends import TRT_MAGIC
 
 
@@ -86,7 +86,7 @@ def build_engine(onnx_data: bytes, device: torch.device, half: bool, calibration
     return bytes(blob)
 
 
-def write_engine(onnx_data: bytes, meta: ExportMeta, dest: Path, device: torch.device, half: bool,
+def write_engine(onnx_data: bytes, meta: ModelMeta, dest: Path, device: torch.device, half: bool,
                  calibration: list[np.ndarray] | None, shapes: dict[str, tuple], check: Callable[[Path], str],
                  workspace_gb: float = 4.0) -> str:
     blob = build_engine(onnx_data, device, half, calibration, shapes, workspace_gb)

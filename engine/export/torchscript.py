@@ -10,8 +10,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from engine.checkpoint import ModelMeta
 from engine.export.files import staged_file
-from engine.export.meta import ExportMeta
 
 
 class TensorsOnly(nn.Module):
@@ -27,13 +27,14 @@ class TensorsOnly(nn.Module):
         return (pred,) if proto is None else (pred, proto)
 
 
-def write_torchscript(model: nn.Module, x: torch.Tensor, meta: ExportMeta, dest: Path,
+def write_torchscript(model: nn.Module, x: torch.Tensor, meta: ModelMeta, dest: Path,
                       check: Callable[[Path], str]) -> str:
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent python values
-        traced = torch.jit.trace(TensorsOnly(model), x, strict=False, check_trace=False)
-    traced = torch.jit.freeze(traced)
     extra = {"metadata.json": json.dumps(meta.to_strings())}
     with staged_file(dest) as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files=extra)
+        with torch.no_grad(), warnings.catch_warnings():
+            # tracer warnings about shape-dependent python values; torch.jit's deprecation notices
+            # (TorchScript is the format asked for)
+            warnings.simplefilter("ignore")
+            traced = torch.jit.freeze(torch.jit.trace(TensorsOnly(model), x, strict=False, check_trace=False))
+            torch.jit.save(traced, str(tmp), _extra_files=extra)
         return check(tmp)

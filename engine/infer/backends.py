@@ -1,19 +1,22 @@
 """Inference backends behind one call: backend(images (B,3,H,W) float 0-1) -> RawOutput (the
 model's eval output) or End2EndOutput (an end-to-end export's detections). Chosen by the --weights
 path: .pt (PyTorch), .onnx (ONNX Runtime), *_openvino_model/ (OpenVINO), .torchscript,
-.engine (TensorRT). Each exposes names, category_ids, stride, img_size, task and end2end from the
-file's own metadata (utils.structures has the output contracts)."""
+.engine (TensorRT). Each exposes the names, category ids, stride, size, task and raw or end-to-end of the
+file's own metadata as `meta` (engine.checkpoint.ModelMeta; utils.structures has the output
+contracts)."""
 from __future__ import annotations
 
 import json
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from engine.checkpoint import ModelMeta
 from engine.device import compile_model, memory_format
-from engine.export.meta import ExportMeta, MetadataError, meta_from_checkpoint
-from utils.checkpoint import CheckpointError
+from utils.errors import CheckpointError
 from utils.structures import End2EndOutput, RawOutput
 
 TRT_MAGIC = b"GPTRT1\n"  # our TensorRT files: magic, uint32 little-endian length, metadata JSON, engine
@@ -29,21 +32,13 @@ class Backend:
     """What every backend shares: the metadata, the static input shape if any, and the output
     contract. Subclasses set meta/fixed/fixed_batch and implement _run(x numpy) -> outputs."""
 
-    meta: ExportMeta
+    meta: ModelMeta
     fixed: tuple[int, int] | None = None  # (h, w) of a static-shape export
     fixed_batch: int | None = None
     input_dtype = np.float32
 
     def __init__(self, device: torch.device):
         self.device = device
-
-    names = property(lambda self: self.meta.names)
-    category_ids = property(lambda self: self.meta.category_ids)
-    stride = property(lambda self: self.meta.stride)
-    img_size = property(lambda self: self.meta.img_size)
-    default_size = img_size
-    task = property(lambda self: self.meta.task)
-    end2end = property(lambda self: self.meta.end2end)
 
     def __call__(self, images: torch.Tensor) -> RawOutput | End2EndOutput:
         if self.fixed and tuple(images.shape[2:]) != self.fixed:
@@ -96,24 +91,13 @@ class TorchBackend(Backend):
         if self.half:
             self.model.half()
         compile_model(self.model, compile)
-        size = int(ckpt.get("config", {}).get("img_size", 640))
-        self.meta = meta_from_checkpoint(ckpt, self.model.nc, self.model.nm, int(max(self.model.stride)), size)
+        self.meta = ModelMeta.of(ckpt, self.model)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> RawOutput:
         images = images.contiguous(memory_format=self.memory_format)
         pred, proto = self.model(images.half() if self.half else images)
         return RawOutput(pred.float(), None if proto is None else proto.float())
-
-
-def _legacy_onnx_meta(values: dict[str, str], n_outputs: int, where: str) -> ExportMeta:
-    """Files from the first export.py (raw outputs; names, category_ids, img_size, stride only)."""
-    if "names" not in values:
-        raise MetadataError(f"{where}: no gradpath export metadata (was it written by export.py?)")
-    names = json.loads(values["names"])
-    return ExportMeta(names, json.loads(values.get("category_ids", "[]")) or list(range(len(names))),
-                      int(values.get("stride", 32)), int(values.get("img_size", 640)),
-                      "segment" if n_outputs > 1 else "detect")
 
 
 class OnnxBackend(Backend):
@@ -131,10 +115,9 @@ class OnnxBackend(Backend):
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for every kind of bad file
             raise CheckpointError(f"--weights {path}: not a readable ONNX model (truncated or corrupt?): "
                                   f"{first_line(e)}") from None
-        values = self.session.get_modelmeta().custom_metadata_map
-        n_out = len(self.session.get_outputs())
-        self.meta = (ExportMeta.from_strings(values, str(path)) if "format" in values
-                     else _legacy_onnx_meta(values, n_out, str(path)))
+        self.meta = ModelMeta.from_strings(self.session.get_modelmeta().custom_metadata_map, str(path))
+        if not self.meta.task:  # the first export.py's files: raw outputs, protos when segmenting
+            self.meta = replace(self.meta, task="segment" if len(self.session.get_outputs()) > 1 else "detect")
         inp = self.session.get_inputs()[0]
         self._shape(inp.shape)
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
@@ -158,11 +141,8 @@ class OpenVinoBackend(Backend):
             model = core.read_model(str(xml))
         except RuntimeError as e:
             raise CheckpointError(f"--weights {path}: not a readable OpenVINO model: {first_line(e)}") from None
-        values = {k: model.get_rt_info(["gradpath", k]).astype(str)
-                  for k in ExportMeta.__dataclass_fields__ if model.has_rt_info(["gradpath", k])}
-        if model.has_rt_info(["gradpath", "format"]):
-            values["format"] = model.get_rt_info(["gradpath", "format"]).astype(str)
-        self.meta = ExportMeta.from_strings(values, str(path))
+        values = model.get_rt_info()["gradpath"] if model.has_rt_info(["gradpath"]) else {}
+        self.meta = ModelMeta.from_strings({k: v.astype(str) for k, v in values.items()}, str(path))
         self._shape([d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()])
         config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_PRECISION_HINT": precision} if precision != "auto" else {})}
         self.compiled = core.compile_model(model, "CPU", config)
@@ -195,14 +175,16 @@ class TorchScriptBackend(Backend):
             raise CheckpointError(f"--weights {path}: TorchScript file not found")
         extra = {"metadata.json": ""}
         try:
-            self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+                self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
         except (RuntimeError, ValueError, OSError) as e:
             raise CheckpointError(f"--weights {path}: not a readable TorchScript file: {first_line(e)}") from None
         try:
             values = json.loads(extra["metadata.json"] or "{}")
         except json.JSONDecodeError as e:
-            raise MetadataError(f"{path}: unreadable export metadata: {e}") from None
-        self.meta = ExportMeta.from_strings(values, str(path))
+            raise CheckpointError(f"{path}: unreadable gradpath metadata: {e}") from None
+        self.meta = ModelMeta.from_strings(values, str(path))
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor):
@@ -210,7 +192,7 @@ class TorchScriptBackend(Backend):
         return self.wrap([o for o in outs if o is not None])
 
 
-def read_trt_file(path: Path) -> tuple[ExportMeta, bytes]:
+def read_trt_file(path: Path) -> tuple[ModelMeta, bytes]:
     """(metadata, serialized engine) of one of our .engine files."""
     data = path.read_bytes()
     if not data.startswith(TRT_MAGIC) or len(data) < len(TRT_MAGIC) + 4:
@@ -220,8 +202,8 @@ def read_trt_file(path: Path) -> tuple[ExportMeta, bytes]:
     try:
         values = json.loads(data[at + 4:at + 4 + n])
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MetadataError(f"{path}: unreadable export metadata (truncated?): {e}") from None
-    return ExportMeta.from_strings(values, str(path)), data[at + 4 + n:]
+        raise CheckpointError(f"{path}: unreadable gradpath metadata (truncated?): {e}") from None
+    return ModelMeta.from_strings(values, str(path)), data[at + 4 + n:]
 
 
 class TensorRTBackend(Backend):
@@ -300,3 +282,22 @@ def load_backend(weights: str | Path, device: torch.device, half: bool = False, 
         return TorchBackend(weights, device, half, compile)
     return {"onnx": OnnxBackend, "openvino": OpenVinoBackend, "torchscript": TorchScriptBackend,
             "tensorrt": TensorRTBackend}[kind](weights, device)
+
+
+def baked_note(meta: ModelMeta, conf_thres: float, iou_thres: float, max_det: int, multi_label: bool = False,
+               agnostic: bool = False, retina_masks: bool = False) -> str | None:
+    """One line naming the asked settings an end-to-end export cannot take (its NMS ran inside
+    the graph at export time); None when there are none or the file is raw. A higher conf_thres
+    and a smaller max_det still apply to its output."""
+    nms = meta.nms
+    if nms is None:
+        return None
+    asked = {"--iou-thres": abs(iou_thres - nms.iou_thres) > 1e-9, "--conf-thres": conf_thres < nms.conf_thres,
+             "--max-det": max_det > nms.topk and conf_thres < nms.conf_thres,  # val.py's AP settings
+             "multi-label": multi_label != nms.multi_label, "--agnostic-nms": agnostic, "--retina-masks": retina_masks}
+    differ = [k for k, v in asked.items() if v]
+    if not differ:
+        return None
+    return (f"{', '.join(differ)} not applied: the end-to-end export selected its detections inside the graph "
+            f"(conf > {nms.conf_thres:g}, NMS IoU {nms.iou_thres:g}, top {nms.topk}, "
+            f"{'per class' if nms.multi_label else 'best class'}; masks at 1/4 input size); export again to change them")

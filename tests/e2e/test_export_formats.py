@@ -16,7 +16,8 @@ from engine.export.exporter import ExportOptions, export
 from engine.infer.backends import load_backend
 from models.model import build_model
 from tests.spread import spread_head
-from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.errors import CheckpointError
+from utils.io import save_checkpoint
 from utils.postprocess import end2end_postprocess, postprocess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,11 +89,6 @@ def test_end2end_onnx_and_openvino_equal_the_pytorch_postprocess(small, tmp_path
         for r, g in zip(ref, detections(b, x, orig, rps)):
             d = compare_detections(r, g)
             assert d.n_ref > 0 and d.ok(), (e.path, d.largest)
-
-
-@pytest.fixture(scope="module")
-def official(shared_data) -> Path:
-    return shared_data.parent / "official"
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ import torch
 
 from engine.export.checks import MIN_MASK_AREA, box_overlap, check_input, mask_iou
 from engine.export.end2end import End2End
-from engine.export.graph import onnx_bytes
-from engine.export.meta import ExportMeta
+from engine.checkpoint import BakedNms, ModelMeta
+from engine.export.onnx import onnx_bytes
 from models.model import build_model
 from tests.spread import spread_head
 from utils.postprocess import end2end_postprocess, postprocess
@@ -91,7 +91,8 @@ def test_onnx_end2end_equals_postprocess_at_any_batch_and_size(model):
     each selection once: per class (multi-label) on the anchor head, best class on the other."""
     multi_label = model.head.kind == "anchor"
     e2e = End2End(model, model.nc, model.nm, 0.5, 0.45, 50, multi_label)
-    meta = ExportMeta([str(i) for i in range(model.nc)], list(range(model.nc)), 32, SIZE, "segment", True, 0.5, 0.45, 50)
+    meta = ModelMeta(tuple(str(i) for i in range(model.nc)), tuple(range(model.nc)), SIZE, 32, "segment",
+                     nms=BakedNms(0.5, 0.45, 50, multi_label))
     data = onnx_bytes(e2e, images(1)[0], meta, batch_dynamic=True, size_dynamic=True)
     for n, size in ((3, SIZE), (1, 224)):
         x, orig, rps = images(n, size)
@@ -104,7 +105,7 @@ def test_onnx_end2end_equals_postprocess_at_any_batch_and_size(model):
 
 def test_onnx_end2end_with_nothing_above_the_threshold(model):
     e2e = End2End(model, model.nc, model.nm, 0.999999, 0.45, 10)
-    meta = ExportMeta(["a"] * model.nc, list(range(model.nc)), 32, SIZE, "segment", True, 0.999999, 0.45, 10)
+    meta = ModelMeta(("a",) * model.nc, tuple(range(model.nc)), SIZE, 32, "segment", nms=BakedNms(0.999999, 0.45, 10))
     out = run_onnx(onnx_bytes(e2e, images(1)[0], meta, True, False), images(2)[0])
     assert out.num_dets.tolist() == [[0], [0]] and not out.boxes.any() and not out.masks.any()
 
