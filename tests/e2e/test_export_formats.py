@@ -1,6 +1,7 @@
-"""Every export format written, read back through its inference backend and compared with PyTorch
-on real images (not the image the export checked itself on); metadata inside each file; hostile
-inputs answered in one line with nothing half-written."""
+"""Every export format of a small model, written once per module, read back through its inference
+backend and compared with PyTorch on real images (not the image the export checked itself on);
+metadata inside each file; detect.py's predictor on an end-to-end graph; export.py's options
+refused at entry; hostile inputs answered in one line with nothing half-written."""
 from __future__ import annotations
 
 import os
@@ -8,19 +9,24 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 
-from engine.export.checks import ExportError, check_input, compare_detections
-from engine.export.exporter import ExportOptions, export
+import export as export_cli
+from conftest import ROOT
+from engine.export.checks import CheckFailed, ExportError, check_input, compare_detections
+from engine.export.exporter import Exported, export
+from engine.export.options import ExportOptions
 from engine.infer.backends import load_backend
+from engine.infer.predictor import PredictOptions, Predictor
+from engine.infer.sources import Frame
 from models.model import build_model
 from tests.spread import spread_head
 from utils.errors import CheckpointError
 from utils.io import save_checkpoint
-from utils.postprocess import end2end_postprocess, postprocess
+from utils.postprocess import to_detections
 
-ROOT = Path(__file__).resolve().parents[2]
 IMAGES = sorted((ROOT / "datasets/coco-mini/images").iterdir())
 CPU = torch.device("cpu")
 SIZE = 160
@@ -39,33 +45,43 @@ def small(tmp_path_factory, small_cfg) -> Path:
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("small") / "small.pt")
 
 
+@pytest.fixture(scope="module")
+def raw_files(small, tmp_path_factory) -> list[Exported]:
+    """ONNX, OpenVINO FP32 and INT8 (calibrated on the bundled set), TorchScript: raw outputs, dynamic."""
+    out = tmp_path_factory.mktemp("raw") / "m.onnx"
+    return export(ExportOptions(weights=str(small), include=("onnx", "openvino", "torchscript"), int8=True,
+                                dynamic=True, out=str(out)))
+
+
+@pytest.fixture(scope="module")
+def e2e_files(small, tmp_path_factory) -> list[Exported]:
+    """ONNX and OpenVINO end-to-end graphs (simplified) at conf 0.5, NMS IoU 0.5, top 60."""
+    out = tmp_path_factory.mktemp("e2e") / "e2e.onnx"
+    return export(ExportOptions(weights=str(small), include=("onnx", "openvino"), nms=True, conf_thres=0.5,
+                                iou_thres=0.5, topk_all=60, simplify=True, out=str(out)))
+
+
 def inputs(size: int, n: int = 2):
     parts = [check_input(size, 1, p) for p in IMAGES[1:1 + n]]
     return torch.cat([p[0] for p in parts]), [p[1] for p in parts], [p[2] for p in parts]
 
 
 def detections(backend, x, orig, rps, conf=0.25, iou=0.45, k=100):
-    out = backend(x)
-    if backend.end2end:
-        return end2end_postprocess(out, tuple(x.shape[-2:]), orig, rps)
-    return postprocess(out.pred, out.proto, tuple(x.shape[-2:]), orig, rps, conf, iou, k)
+    return to_detections(backend(x), tuple(x.shape[-2:]), orig, rps, conf, iou, k)
 
 
-@pytest.mark.slow
-def test_every_format_of_a_small_model_equals_pytorch(small, tmp_path):
-    opt = ExportOptions(weights=str(small), include=("onnx", "openvino", "torchscript"), int8=True, dynamic=True,
-                        out=str(tmp_path / "m.onnx"))
-    files = export(opt)
-    assert [(e.format, e.precision) for e in files] == [("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "int8"),
-                                                        ("torchscript", "fp32")]
-    assert {p.name for p in tmp_path.iterdir()} == {"m.onnx", "m_openvino_model", "m_int8_openvino_model", "m.torchscript"}
-    x, orig, rps = inputs(SIZE)
+def test_every_format_of_a_small_model_equals_pytorch(small, raw_files):
+    assert [(e.format, e.precision) for e in raw_files] == [("onnx", "fp32"), ("openvino", "fp32"),
+                                                            ("openvino", "int8"), ("torchscript", "fp32")]
+    folder = raw_files[0].path.parent
+    assert {p.name for p in folder.iterdir()} == {"m.onnx", "m_openvino_model", "m_int8_openvino_model", "m.torchscript"}
+    x, orig, rps = inputs(224)  # not the export's size: the dynamic axes are real
     ref_backend = load_backend(small, CPU)
     ref = ref_backend(x)
-    for e in files:
+    for e in raw_files:
         b = load_backend(e.path, CPU)
-        assert (b.names, b.category_ids, b.stride, b.img_size, b.task, b.end2end) == (
-            ref_backend.names, list(range(1, 81)), 32, SIZE, "segment", False), e.path
+        assert b.meta == replace(ref_backend.meta, category_ids=tuple(range(1, 81))), e.path
+        assert (b.meta.img_size, b.meta.task, b.meta.end2end) == (SIZE, "segment", False)
         out = b(x)
         assert out.pred.shape == ref.pred.shape and out.proto.shape == ref.proto.shape
         if e.precision == "fp32":
@@ -77,81 +93,61 @@ def test_every_format_of_a_small_model_equals_pytorch(small, tmp_path):
                 assert d.n_ref > 0 and d.unmatched <= 0.5 * d.n_ref, d.largest
 
 
-@pytest.mark.slow
-def test_end2end_onnx_and_openvino_equal_the_pytorch_postprocess(small, tmp_path):
-    files = export(ExportOptions(weights=str(small), include=("onnx", "openvino"), nms=True, conf_thres=0.5,
-                                 iou_thres=0.5, topk_all=60, simplify=True, out=str(tmp_path / "e2e.onnx")))
-    x, orig, rps = inputs(SIZE, 3)
+def test_end2end_onnx_and_openvino_equal_the_pytorch_postprocess(small, e2e_files):
+    x, orig, rps = inputs(SIZE, 3)  # three images: the graph's batch axis is free
     ref = detections(load_backend(small, CPU), x, orig, rps, 0.5, 0.5, 60)
-    for e in files:
+    for e in e2e_files:
         b = load_backend(e.path, CPU)
-        assert b.end2end and b.meta.topk == 60 and b.meta.conf_thres == 0.5
+        assert b.meta.end2end and (b.meta.nms.conf_thres, b.meta.nms.iou_thres, b.meta.nms.topk) == (0.5, 0.5, 60)
         for r, g in zip(ref, detections(b, x, orig, rps)):
             d = compare_detections(r, g)
             assert d.n_ref > 0 and d.ok(), (e.path, d.largest)
 
 
-@pytest.mark.slow
-def test_official_yolov5n_in_every_format(official, tmp_path):
-    """The real release: raw ONNX, end-to-end ONNX, OpenVINO FP32 and INT8, TorchScript against
-    PyTorch on real images at 640; INT8 keeps most detections."""
-    src = tmp_path / "yolov5n.pt"
-    shutil.copy(official / "yolov5n.pt", src)
-    files = export(ExportOptions(weights=str(src), img_size=640, include=("onnx", "openvino", "torchscript"), int8=True,
-                                 fraction=0.5))
-    files += export(ExportOptions(weights=str(src), img_size=640, include=("onnx",), nms=True, out=str(tmp_path / "e2e.onnx")))
-    x, orig, rps = inputs(640, 3)
-    torch_b = load_backend(src, CPU)
-    ref = detections(torch_b, x, orig, rps)
-    assert sum(len(r) for r in ref) >= 10
-    for e in files:
-        b = load_backend(e.path, CPU)
-        assert b.names == torch_b.names and b.category_ids[:3] == [1, 2, 3] and b.task == "detect"
-        for r, g in zip(ref, detections(b, x, orig, rps)):
-            d = compare_detections(r, g)
-            if e.precision == "int8":
-                assert d.unmatched <= 0.3 * max(d.n_ref, 4) and d.max_score_diff < 0.1, (e.path, d.largest)
-            else:
-                assert d.ok(), (e.path, d.largest)
+def test_detect_on_an_end2end_export_gives_the_checkpoints_detections(small, e2e_files, caplog):
+    """The predictor (detect.py) on the end-to-end ONNX file: the .pt's detections and masks at the
+    baked thresholds; --classes still applies; flags the graph cannot take are named in one line."""
+    # square crops: the .pt's rectangular letterbox is then the static graph's square one
+    images = [cv2.imread(str(p)) for p in IMAGES[1:3]]
+    frames = [Frame(im[:min(im.shape[:2]), :min(im.shape[:2])], str(p), 0, False) for im, p in zip(images, IMAGES[1:3])]
+    opts = dict(source=str(IMAGES[0].parent), conf_thres=0.5, iou_thres=0.5, max_det=60, device="cpu")
+    ref = Predictor(PredictOptions(weights=str(small), **opts)).infer(frames)
+    got = Predictor(PredictOptions(weights=str(e2e_files[0].path), **opts)).infer(frames)
+    for r, g in zip(ref, got):
+        d = compare_detections(r, g)
+        assert d.n_ref > 0 and d.ok(), d.largest
+    keep = int(ref[0].classes[0])
+    with caplog.at_level("WARNING"):
+        p = Predictor(PredictOptions(weights=str(e2e_files[0].path), **{**opts, "iou_thres": 0.7}, classes=[keep]))
+    assert "--iou-thres not applied: the end-to-end export selected its detections inside the graph" in caplog.text
+    filtered = p.infer(frames[:1])[0]
+    assert len(filtered) and (filtered.classes == keep).all()
 
 
-@pytest.mark.slow
-def test_official_yolov5n_seg_end2end_masks(official, tmp_path):
-    """The official segmentation architecture (converted in memory, heads spread as above): the
-    end-to-end ONNX and OpenVINO masks equal our postprocess."""
-    from engine.checkpoint import model_from_checkpoint, read_weights
-
-    ckpt = read_weights(official / "yolov5n-seg.pt")
-    model = model_from_checkpoint(ckpt).eval()
-    spread_head(model, check_input(320, 1, IMAGES[0])[0], obj=(-3.0, 1.0), cls=(-5.0, 1.0))  # tens of boxes, not hundreds
-    src = save_checkpoint({**ckpt, "model": model.state_dict(), "ema": None}, tmp_path / "v5seg.pt")
-    files = export(ExportOptions(weights=str(src), img_size=320, include=("onnx", "openvino"), nms=True,
-                                 conf_thres=0.5, topk_all=100))
-    x, orig, rps = inputs(320, 2)
-    ref = detections(load_backend(src, CPU), x, orig, rps, 0.5, 0.45, 100)
-    assert all(0 < len(r) < 100 for r in ref)  # below the top-k cut: every detection must match
-    for e in files:
-        b = load_backend(e.path, CPU)
-        assert b.task == "segment" and b.end2end
-        for r, g in zip(ref, detections(b, x, orig, rps)):
-            d = compare_detections(r, g)
-            assert d.n_ref > 0 and d.ok(), (e.path, d.largest)
-
-
-def test_truncated_onnx_is_one_line(small, tmp_path):
+def test_truncated_onnx_is_one_line(raw_files, tmp_path):
     bad = tmp_path / "cut.onnx"
-    export(ExportOptions(weights=str(small), out=str(bad)))
-    bad.write_bytes(bad.read_bytes()[:5000])
+    bad.write_bytes(raw_files[0].path.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match=r"cut.onnx: not a readable ONNX model") as e:
         load_backend(bad, CPU)
     assert "\n" not in str(e.value)
 
 
-def test_openvino_folder_without_bin(small, tmp_path):
-    (folder := tmp_path / "m_openvino_model").mkdir()
-    (folder / "m.xml").write_text("<net/>")
-    with pytest.raises(CheckpointError, match=r"m.bin are missing"):
+def test_openvino_folder_without_bin(raw_files, tmp_path):
+    folder = tmp_path / "m_openvino_model"
+    shutil.copytree(raw_files[1].path, folder)
+    next(folder.glob("*.bin")).unlink()
+    with pytest.raises(CheckpointError, match=r"its weights m.bin are missing beside it"):
         load_backend(folder, CPU)
+
+
+def test_onnx_without_gradpath_metadata_is_one_line(raw_files, tmp_path):
+    import onnx
+
+    model = onnx.load(str(raw_files[0].path))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    with pytest.raises(CheckpointError, match=r"other.onnx: no gradpath metadata inside \(was it written by export.py\?\)"):
+        load_backend(tmp_path / "other.onnx", CPU)
 
 
 def test_engine_without_cuda_is_one_line(small, tmp_path):
@@ -161,8 +157,8 @@ def test_engine_without_cuda_is_one_line(small, tmp_path):
         with pytest.raises(CheckpointError, match="NVIDIA GPU only; this machine has no CUDA device"):
             load_backend(fake, CPU)
         with pytest.raises(ExportError, match="--include engine: TensorRT builds engines on an NVIDIA GPU only"):
-            export(ExportOptions(weights=str(small), include=("engine",), out=str(tmp_path / "e.onnx")))
-        assert not (tmp_path / "e.engine").exists()
+            export(ExportOptions(weights=str(small), include=("onnx", "engine"), out=str(tmp_path / "e.onnx")))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine"]  # refused before the ONNX file too
     with pytest.raises(CheckpointError, match="NVIDIA GPU only"):
         load_backend(fake, CPU)  # with a GPU too, when it is not the device asked for
 
@@ -179,8 +175,9 @@ def test_unwritable_folder_fails_before_writing(small, tmp_path):
     assert "\n" not in str(e.value) and not (folder / "m.onnx").exists()
 
 
-def test_failed_check_keeps_the_users_file(small, tmp_path, monkeypatch):
-    """A check that fails deletes nothing of the user's and leaves no temporary file behind."""
+def test_failed_check_keeps_the_users_file(small, tmp_path, monkeypatch, capsys):
+    """A check that fails deletes nothing of the user's, leaves no temporary file behind, and
+    export.py exits 1 (a bad option exits 2)."""
     import engine.export.exporter as exporter
 
     dest = tmp_path / "m.onnx"
@@ -188,8 +185,39 @@ def test_failed_check_keeps_the_users_file(small, tmp_path, monkeypatch):
     (folder := tmp_path / "m_openvino_model").mkdir()
     (folder / "m.xml").write_text("user's")
     monkeypatch.setattr(exporter, "RAW_TOL", {"fp32": -1.0})
-    for include in ("onnx", "openvino"):
-        with pytest.raises(ExportError, match="check against PyTorch failed"):
-            export(replace(ExportOptions(weights=str(small), out=str(dest)), include=(include,)))
+    assert export_cli.main(["--weights", str(small), "--out", str(dest)]) == 1
+    assert "export.py: error: --include onnx: the check against PyTorch failed" in capsys.readouterr().err
+    with pytest.raises(CheckFailed, match="check against PyTorch failed"):
+        export(ExportOptions(weights=str(small), out=str(dest), include=("openvino",)))
     assert dest.read_bytes() == b"the user's own file" and (folder / "m.xml").read_text() == "user's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m_openvino_model"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--conf-thres", "1.5"], "--conf-thres 1.5: must be in [0, 1)"),
+    (["--iou-thres", "0"], "--iou-thres 0.0: must be in (0, 1]"),
+    (["--topk-all", "0"], "--topk-all 0: must be at least 1"),
+    (["--int8", "--include", "openvino", "--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
+    (["--opset", "9"], "--opset 9: must be 11 to 20"),
+    (["--int8"], "--int8: quantizes --include openvino or engine; add one of them"),
+    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--img-size", "16"], "--img-size 16: must be at least 32"),
+    (["--include", "openvino", "--int8", "--data", "nope.yaml"], "--data nope.yaml: no such file"),
+    (["--format", "openvino", "--include", "onnx"], "--format and --include both name formats; give one"),
+    (["--half", "--device", "cpu"], "--half: FP16 ONNX and TensorRT exports need a CUDA device"),
+])
+def test_bad_options_exit_2_in_one_line_before_anything_is_written(small, tmp_path, capsys, argv, message):
+    out = tmp_path / "x.onnx"
+    assert export_cli.main(["--weights", str(small), "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"export.py: error: {message}"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_official_flags_are_accepted_with_one_warning_each():
+    args = export_cli.parse_args(["--weights", "w.pt", "--grid", "--include-nms", "--data", "d.yaml"])
+    notes = export_cli.accepted_flags(args)
+    assert [n.split(":")[0] for n in notes] == ["--grid", "--include-nms", "--data d.yaml"]
+    assert "EfficientNMS_TRT" in notes[1]
+    assert export_cli.parse_args(["--weights", "w.pt", "--end2end"]).nms
+    assert export_cli.parse_args(["--weights", "w.pt", "--include", "onnx", "openvino"]).include == ["onnx", "openvino"]
