@@ -22,7 +22,8 @@ SAMPLES = ROOT / "datasets" / "coco-mini" / "images"
 def build_parser() -> argparse.ArgumentParser:
     """detect.py's command line (tests read its options from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 .pt, or exported .onnx (default: newest best.pt)")
+    p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 .pt, or an export: .onnx, "
+                   "*_openvino_model/, .torchscript, .engine (default: newest best.pt)")
     p.add_argument("--source", default=str(SAMPLES), help="file, folder, glob, .txt list, video, webcam index or URL")
     p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="default: the training size")
     p.add_argument("--conf-thres", type=float, default=0.25)
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these class indices")
     p.add_argument("--agnostic-nms", action="store_true")
     p.add_argument("--device", default="", help="cpu or a CUDA index such as 0 (of a list, the first)")
-    p.add_argument("--half", action="store_true", help="FP16 on CUDA")
+    p.add_argument("--half", action="store_true", help="FP16 on CUDA; OpenVINO models in bf16 where the CPU has it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the first batch is slower)")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (folders)")
     p.add_argument("--save-txt", action="store_true", help="YOLO txt: class + polygon (masks) or box")

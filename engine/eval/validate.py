@@ -83,10 +83,10 @@ def checkpoint_model(args: Namespace, device):
 def exported_model(args: Namespace, device):
     """(inference backend, its ModelMeta, --data) of an exported file; what the export fixed
     (precision, an end-to-end graph's thresholds) is said in one line where the flags differ."""
-    backend = load_backend(args.weights, device)
-    if args.half or args.compile:
-        print(f"val.py: --half/--compile apply to .pt checkpoints; {args.weights} keeps the precision it was "
-              f"exported in", file=sys.stderr)
+    backend = load_backend(args.weights, device, half=args.half)
+    if args.compile or (args.half and backend_kind(args.weights) != "openvino"):
+        print(f"val.py: --half (but for OpenVINO: bf16 on CPUs that have it) and --compile apply to .pt "
+              f"checkpoints; {args.weights} keeps the precision it was exported in", file=sys.stderr)
     note = baked_note(backend.meta, args.conf_thres, args.iou_thres, args.max_det, multi_label=True,
                       retina_masks=args.retina_masks)
     if note:

@@ -24,10 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_DATA = ROOT / "cfg" / "data" / "coco-mini.yaml"
 # largest raw difference relative to max(1, the output's largest magnitude), and the end-to-end
 # detection agreement (box IoU, score difference, mask IoU, share of unmatched detections), per precision
-# (INT8 raw outputs are compared as detections at detect.py's default thresholds instead; INT8
-# masks are reported, not gated: one box edge moved by quantization can halve a small mask's IoU)
+# (INT8 raw outputs are compared as detections at detect.py's default thresholds instead). INT8
+# catches a broken quantization, not its cost (the AP check with --data measures that): masks are
+# reported, not gated (one box edge moved can halve a small mask's IoU), and a confidence may
+# move by a tenth or more
 RAW_TOL = {"fp32": 1e-4, "fp16": 2e-2}
-E2E_TOL = {"fp32": (0.99, 1e-3, 0.98, 0.0), "fp16": (0.9, 3e-2, 0.85, 0.2), "int8": (0.5, 0.1, 0.0, 0.25)}
+E2E_TOL = {"fp32": (0.99, 1e-3, 0.98, 0.0), "fp16": (0.9, 3e-2, 0.85, 0.2), "int8": (0.5, 0.25, 0.0, 0.25)}
 
 
 @dataclass

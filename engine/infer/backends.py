@@ -277,11 +277,15 @@ def backend_kind(weights: str | Path) -> str:
 
 
 def load_backend(weights: str | Path, device: torch.device, half: bool = False, compile: bool = False) -> Backend:
+    """The backend of a --weights path. half: FP16 for a .pt on CUDA; for OpenVINO the CPU's own
+    reduced precision for the float parts (bf16 where the CPU has it; OpenVINO's default, which
+    we otherwise override to compute an FP32 file in FP32); other formats keep their precision."""
     kind = backend_kind(weights)
     if kind == "pytorch":
         return TorchBackend(weights, device, half, compile)
-    return {"onnx": OnnxBackend, "openvino": OpenVinoBackend, "torchscript": TorchScriptBackend,
-            "tensorrt": TensorRTBackend}[kind](weights, device)
+    if kind == "openvino":
+        return OpenVinoBackend(weights, device, "auto" if half else "f32")
+    return {"onnx": OnnxBackend, "torchscript": TorchScriptBackend, "tensorrt": TensorRTBackend}[kind](weights, device)
 
 
 def baked_note(meta: ModelMeta, conf_thres: float, iou_thres: float, max_det: int, multi_label: bool = False,
