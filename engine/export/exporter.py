@@ -214,7 +214,7 @@ def int8_ap_line(job: Job, path: Path) -> str:
     """The INT8 model's AP against PyTorch on --data's val split, or '' without one."""
     from engine.export.quant_ap import int8_ap
 
-    if not job.opt.data:
+    if not (job.opt.data and job.opt.int8_ap):
         return ""
     drop = int8_ap(job.model, job.meta, path, job.opt.data, job.device)
     if drop is None:

@@ -24,6 +24,7 @@ class ExportOptions:
     int8: bool = False
     data: str | None = None  # INT8 calibration images (the train split); default: the bundled set
     fraction: float = 1.0  # share of that split used to calibrate
+    int8_ap: bool = True  # INT8: score it against PyTorch on --data's val split when it has one
     nms: bool = False
     topk_all: int = 100
     iou_thres: float = 0.45
