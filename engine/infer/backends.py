@@ -56,7 +56,7 @@ class Backend:
     def _batched(self, x: np.ndarray) -> list[np.ndarray]:
         """One run, or several when the file has a fixed batch size other than this batch's (the
         last chunk zero-padded, its padding dropped)."""
-        x = x.astype(self.input_dtype)
+        x = x.astype(self.input_dtype, copy=False)
         b = self.fixed_batch
         if not b or x.shape[0] == b:
             return self._run(x)
