@@ -14,17 +14,19 @@ import logging
 import sys
 
 from engine.export.formats import FORMATS
+from utils.cli_args import ArgumentParser, add_img_size, at_least, batch_size, device, number_in
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """export.py's command line (tests read its options from here)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    """export.py's command line (tests read its options from here). The shared types check the
+    flags every CLI has; engine.export.options checks the rest (and these again, for API callers)."""
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="gradpath or official YOLOv5/YOLOv7 checkpoint (.pt)")
     p.add_argument("--include", nargs="+", choices=FORMATS, default=None, metavar="FORMAT",
                    help=f"formats to write, several at once: {', '.join(FORMATS)} (YOLOv5's flag)")
     p.add_argument("--format", default="onnx", choices=FORMATS, help="one format (when --include is not given)")
-    p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="default: the training size")
-    p.add_argument("--batch-size", type=int, default=1, help="the batch of a static export")
+    add_img_size(p, help="default: the training size; rounded up to the model's stride")
+    p.add_argument("--batch-size", "--batch", type=batch_size, default=1, help="the batch of a static export")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and image size")
     p.add_argument("--half", action="store_true", help="FP16 (ONNX and TensorRT need --device 0; OpenVINO runs here)")
     p.add_argument("--int8", action="store_true", help="INT8 post-training quantization (OpenVINO by NNCF, TensorRT)")
@@ -35,16 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nms", "--end2end", action="store_true",
                    help="end-to-end graph: decoding, NMS (the ONNX NonMaxSuppression op), top K and masks inside")
     p.add_argument("--include-nms", action="store_true", help="YOLOv7's flag: the same as --nms")
-    p.add_argument("--grid", action="store_true", help="YOLOv7's flag: accepted (the graph always decodes the grid)")
-    p.add_argument("--topk-all", type=int, default=100, help="--nms: detections kept per image")
-    p.add_argument("--iou-thres", type=float, default=0.45, help="--nms: NMS IoU")
-    p.add_argument("--conf-thres", type=float, default=0.25, help="--nms: score threshold")
+    p.add_argument("--topk-all", type=at_least(1), default=100, help="--nms: detections kept per image")
+    p.add_argument("--iou-thres", type=number_in(0.0, 1.0), default=0.45, help="--nms: NMS IoU")
+    p.add_argument("--conf-thres", type=number_in(0.0, 1.0), default=0.25, help="--nms: score threshold")
     p.add_argument("--multi-label", action="store_true", help="--nms: a box may keep several classes (val.py's AP setting)")
     p.add_argument("--simplify", action="store_true", help="simplify the ONNX graph with onnxslim")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--workspace", type=float, default=4.0, help="TensorRT builder memory, GB")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", default=None, help="the .onnx path; other formats go beside it (default: beside --weights)")
+    p.add_ignored("--grid", instead="every export decodes the grid inside the graph (YOLOv7's --grid output)")
     return p
 
 
@@ -53,10 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def accepted_flags(args: argparse.Namespace) -> list[str]:
-    """One warning per official flag that changes nothing here, saying what we do instead."""
+    """One warning per flag that does something other than its user may expect, saying what we do
+    (--grid, which does nothing, warns from the parser)."""
     notes = []
-    if args.grid:
-        notes.append("--grid: accepted; every export decodes the grid inside the graph (YOLOv7's --grid output)")
     if args.include_nms:
         notes.append("--include-nms: exported as --nms: the standard ONNX NonMaxSuppression op (onnxruntime, "
                      "OpenVINO and TensorRT run it), not YOLOv7's EfficientNMS_TRT plugin")

@@ -13,6 +13,7 @@ from engine.device import compile_model, configure_cuda, memory_format
 from engine.eval.coco_eval import EvaluationError
 from engine.eval.evaluator import evaluate
 from engine.infer.backends import backend_kind, baked_note, load_backend
+from utils.cli_args import round_to_stride
 from utils.errors import CheckpointError, ConfigError, error_line
 from utils.dist import select_device
 from utils.io import atomic_write_text
@@ -39,10 +40,10 @@ def run_validation(args: Namespace) -> int:
             raise ConfigError(f"{args.weights}: --single-cls needs a one-class model, this one has {nc} classes")
         if not single_cls and data_cfg.nc != nc:
             raise ConfigError(f"{data}: has {data_cfg.nc} classes but the model was trained with {nc}")
-        img_size, rect = args.img_size or meta.img_size, True
-        fixed = getattr(model, "fixed", None)
+        img_size = round_to_stride(args.img_size, meta.stride) if args.img_size else meta.img_size
+        rect, fixed = True, getattr(model, "fixed", None)
         if fixed:  # a static-shape export: square batches at its size, as the official val.py does
-            if fixed[0] != fixed[1] or (args.img_size and args.img_size != fixed[0]):
+            if fixed[0] != fixed[1] or (args.img_size and img_size != fixed[0]):
                 raise ConfigError(f"--weights {args.weights}: exported for {fixed[0]}x{fixed[1]} inputs only; "
                                   f"val.py needs a square export at --img-size (or export with --dynamic)")
             img_size, rect = fixed[0], False

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from engine.checkpoint import BakedNms, ModelMeta, load_model
-from engine.export.checks import CheckFailed, ExportError, check_input, compare_detections, max_abs_diff
+from engine.export.checks import CheckFailed, check_input, compare_detections, max_abs_diff
 from engine.export.end2end import End2End
 from engine.export.files import staged_file, writable_dir
 from engine.export.onnx import onnx_bytes
 from engine.export.options import ExportOptions, validate
+from utils.cli_args import round_to_stride
 from utils.postprocess import end2end_postprocess, postprocess
 
 LOG = logging.getLogger("gradpath.export")
@@ -74,9 +75,7 @@ def export(opt: ExportOptions) -> list[Exported]:
 def prepare(opt: ExportOptions, device: torch.device, stem: Path) -> Job:
     model, ckpt = load_model(opt.weights, device, fuse=True)
     meta = ModelMeta.of(ckpt, model)
-    size = opt.img_size or meta.img_size
-    if size % meta.stride:
-        raise ExportError(f"--img-size {size} must be a multiple of the model stride {meta.stride}")
+    size = round_to_stride(opt.img_size, meta.stride) if opt.img_size else meta.img_size
     meta = replace(meta, img_size=size)
     module: nn.Module = model
     if opt.nms:

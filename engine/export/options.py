@@ -47,8 +47,8 @@ def validate(opt: ExportOptions) -> torch.device:
     weights = Path(opt.weights)
     if not weights.is_file():
         raise ExportError(f"--weights {weights}: no such file")
-    if opt.img_size is not None and opt.img_size < 32:
-        raise ExportError(f"--img-size {opt.img_size}: must be at least 32 (a multiple of the model stride)")
+    if opt.img_size is not None and opt.img_size < 1:
+        raise ExportError(f"--img-size {opt.img_size}: must be at least 1 (rounded up to the model's stride)")
     if opt.batch_size < 1:
         raise ExportError(f"--batch-size {opt.batch_size}: must be at least 1")
     if not 0.0 <= opt.conf_thres < 1.0:
