@@ -71,6 +71,7 @@ def detections(backend, x, orig, rps, conf=0.25, iou=0.45, k=100):
     return to_detections(backend(x), tuple(x.shape[-2:]), orig, rps, conf, iou, k)
 
 
+@pytest.mark.slow
 def test_every_format_of_a_small_model_equals_pytorch(small, raw_files):
     assert [(e.format, e.precision) for e in raw_files] == [("onnx", "fp32"), ("openvino", "fp32"),
                                                             ("openvino", "int8"), ("torchscript", "fp32")]
@@ -94,6 +95,7 @@ def test_every_format_of_a_small_model_equals_pytorch(small, raw_files):
                 assert d.n_ref > 0 and d.unmatched <= 0.5 * d.n_ref, d.largest
 
 
+@pytest.mark.slow
 def test_end2end_onnx_and_openvino_equal_the_pytorch_postprocess(small, e2e_files):
     x, orig, rps = inputs(SIZE, 3)  # three images: the graph's batch axis is free
     ref = detections(load_backend(small, CPU), x, orig, rps, 0.5, 0.5, 60)
@@ -105,6 +107,7 @@ def test_end2end_onnx_and_openvino_equal_the_pytorch_postprocess(small, e2e_file
             assert d.n_ref > 0 and d.ok(), (e.path, d.largest)
 
 
+@pytest.mark.slow
 def test_detect_on_an_end2end_export_gives_the_checkpoints_detections(small, e2e_files, caplog):
     """The predictor (detect.py) on the end-to-end ONNX file: the .pt's detections and masks at the
     baked thresholds; --classes still applies; flags the graph cannot take are named in one line."""
@@ -125,6 +128,7 @@ def test_detect_on_an_end2end_export_gives_the_checkpoints_detections(small, e2e
     assert len(filtered) and (filtered.classes == keep).all()
 
 
+@pytest.mark.slow
 def test_truncated_onnx_is_one_line(raw_files, tmp_path):
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(raw_files[0].path.read_bytes()[:5000])
@@ -133,6 +137,7 @@ def test_truncated_onnx_is_one_line(raw_files, tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_openvino_folder_without_bin(raw_files, tmp_path):
     folder = tmp_path / "m_openvino_model"
     shutil.copytree(raw_files[1].path, folder)
@@ -141,6 +146,7 @@ def test_openvino_folder_without_bin(raw_files, tmp_path):
         load_backend(folder, CPU)
 
 
+@pytest.mark.slow
 def test_onnx_without_gradpath_metadata_is_one_line(raw_files, tmp_path):
     import onnx
 
@@ -176,6 +182,7 @@ def test_unwritable_folder_fails_before_writing(small, tmp_path):
     assert "\n" not in str(e.value) and not (folder / "m.onnx").exists()
 
 
+@pytest.mark.slow
 def test_failed_check_keeps_the_users_file(small, tmp_path, monkeypatch, capsys):
     """A check that fails deletes nothing of the user's, leaves no temporary file behind, and
     export.py exits 1 (a bad option exits 2)."""

@@ -35,6 +35,7 @@ SIZE = 320  # val at 320: the formats' agreement, at a quarter of 640's cost
 SEG_MAX_DET = 100  # the segmentation test's val.py --max-det: a third of the masks to paste and encode
 VAL_NMS = dict(nms=True, multi_label=True, conf_thres=0.001, iou_thres=0.65, topk_all=300)  # val.py's defaults
 INT8_DROP = 0.015  # box AP, at most (the README's figure is measured at 640 by benchmarks/inference.py)
+pytestmark = pytest.mark.slow  # each test exports the official files and runs val.py on them (about 2.5 min here)
 
 
 @pytest.fixture(scope="module")
