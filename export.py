@@ -47,6 +47,16 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", default=None, help="the .onnx path; other formats go beside it (default: beside --weights)")
     p.add_ignored("--grid", instead="every export decodes the grid inside the graph (YOLOv7's --grid output)")
+    p.add_ignored("--dynamic-batch", instead="an --nms graph always takes any batch; --dynamic frees a raw one's")
+    p.add_ignored("--max-wh", nargs=1, instead="NonMaxSuppression runs per class in the graph: no box offsets")
+    p.add_ignored("--inplace", instead="the decoding never writes into the head's outputs")
+    p.add_ignored("--verbose", instead="TensorRT's builder logs warnings and errors")
+    p.add_ignored("--cache", nargs=1, instead="each TensorRT build times its layers afresh (no timing cache)")
+    p.add_ignored("--agnostic-nms", instead="it sets YOLOv5's TensorFlow NMS; the --nms graph's is class-aware")
+    p.add_ignored("--topk-per-class", nargs=1, instead="it sets YOLOv5's TensorFlow NMS; --topk-all caps the --nms graph")
+    for flag, fmt in (("--keras", "TensorFlow"), ("--per-tensor", "TensorFlow"), ("--mlmodel", "CoreML"),
+                      ("--fp16", "CoreML"), ("--optimize", "TorchScript for mobile")):
+        p.add_refused(flag, reason=f"{fmt} is not exported here (--include: {', '.join(FORMATS)})")
     return p
 
 

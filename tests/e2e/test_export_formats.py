@@ -239,3 +239,20 @@ def test_official_flags_are_accepted_with_one_warning_each(capsys, monkeypatch):
     assert "EfficientNMS_TRT" in notes[0]
     assert export_cli.parse_args(["--weights", "w.pt", "--end2end"]).nms
     assert export_cli.parse_args(["--weights", "w.pt", "--include", "onnx", "openvino"]).include == ["onnx", "openvino"]
+
+
+def test_official_flags_for_other_formats_are_named_and_the_rest_warned(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["export.py"])
+    for flag, fmt in (("--keras", "TensorFlow"), ("--per-tensor", "TensorFlow"), ("--mlmodel", "CoreML"),
+                      ("--fp16", "CoreML"), ("--optimize", "TorchScript for mobile")):
+        with pytest.raises(SystemExit) as e:
+            export_cli.parse_args(["--weights", "w.pt", flag])
+        err = capsys.readouterr().err.splitlines()
+        assert e.value.code == 2 and err == [f"export.py: error: {flag}: {fmt} is not exported here "
+                                             f"(--include: onnx, openvino, torchscript, engine)"]
+    args = export_cli.parse_args(["--weights", "w.pt", "--dynamic-batch", "--max-wh", "7680", "--inplace", "--verbose",
+                                  "--cache", "t.cache", "--agnostic-nms", "--topk-per-class", "50", "--topk-all", "30"])
+    warned = [line.split(" has no effect")[0] for line in capsys.readouterr().err.splitlines()]
+    assert warned == [f"export.py: warning: {f}" for f in ("--dynamic-batch", "--max-wh", "--inplace", "--verbose",
+                                                            "--cache", "--agnostic-nms", "--topk-per-class")]
+    assert args.topk_all == 30 and not args.dynamic and not any(k.startswith("ignored_") for k in vars(args))
