@@ -105,9 +105,7 @@ class OnnxBackend(Backend):
         import onnxruntime as ort
 
         super().__init__(device)
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"--weights {path}: ONNX file not found")
+        path = existing_file(path, "ONNX file")
         cuda = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
         try:
             self.session = ort.InferenceSession(str(path), providers=(["CUDAExecutionProvider"] if cuda else [])
@@ -153,6 +151,14 @@ class OpenVinoBackend(Backend):
         return [np.array(result[o]) for o in self.compiled.outputs]
 
 
+def existing_file(path: str | Path, what: str) -> Path:
+    """`path` as a Path, or the one-line error naming it as `what` (an ONNX file, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--weights {path}: {what} not found")
+    return path
+
+
 def openvino_xml(path: Path) -> Path:
     """The .xml of an OpenVINO model folder (or the .xml itself), its .bin beside it."""
     if path.is_dir():
@@ -170,9 +176,7 @@ def openvino_xml(path: Path) -> Path:
 class TorchScriptBackend(Backend):
     def __init__(self, path: str | Path, device: torch.device):
         super().__init__(device)
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"--weights {path}: TorchScript file not found")
+        path = existing_file(path, "TorchScript file")
         extra = {"metadata.json": ""}
         try:
             with warnings.catch_warnings():
@@ -211,9 +215,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, path: str | Path, device: torch.device):
         super().__init__(device)
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"--weights {path}: TensorRT engine not found")
+        path = existing_file(path, "TensorRT engine")
         if device.type != "cuda" or not torch.cuda.is_available():
             raise CheckpointError(f"--weights {path}: a TensorRT engine runs on an NVIDIA GPU only"
                                   + (" (pass --device 0)" if torch.cuda.is_available() else "; this machine has no CUDA device"))
