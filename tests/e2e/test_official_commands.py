@@ -1,8 +1,10 @@
 """The official READMEs' command lines, pasted as they are with tiny settings: YOLOv7's training
 command (train and test sizes, its p5 hyp file, a YOLOv7 data/coco.yaml of list files), YOLOv5's
-training command on an Ultralytics-form YAML, and the detect command both READMEs show."""
+training command on an Ultralytics-form YAML, the detect command both READMEs show, and YOLOv5's
+export command."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +60,15 @@ def test_readme_detect_command(shared_data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     written = sorted(p.name for p in (tmp_path / "runs/exp").glob("*.jpg"))
     assert written == sorted(p.name for p in source.glob("*.jpg")) and len(written) >= 5
+
+
+def test_yolov5_readme_export_command(tmp_path):
+    weights = tmp_path / "yolov5n.pt"  # the export lands beside the weights: not in ../shared
+    shutil.copy(require_shared(OFFICIAL / "yolov5n.pt", "official checkpoints"), weights)
+    r = _run(str(ROOT / "export.py"), "--weights", str(weights), "--include", "onnx", "--img", "320", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "yolov5n.onnx"))
+    assert session.get_inputs()[0].shape == [1, 3, 320, 320]
+    assert session.get_modelmeta().custom_metadata_map["names"].startswith('["person", "bicycle"')
