@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.coco_categories import read_categories
 from utils.errors import ConfigError
 from utils.io import load_yaml
 from utils.paths import REPO_ROOT
@@ -66,7 +67,7 @@ def _split(src: str, root: Path, name: str, spec: Any, fmt: str) -> SplitSpec:
 
 def _coco_categories(path: Path) -> tuple[list[str], list[int]]:
     try:
-        cats = json.loads(path.read_text()).get("categories")
+        cats = read_categories(path)  # the list alone, not the whole file
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: cannot read COCO JSON: {e}") from None
     if not cats:

@@ -1,20 +1,29 @@
 """The validated label index: every image's instances parsed once, checked, stored in flat numpy
 arrays (workers share them without copy-on-access growth), cached beside the labels and rebuilt
-when a source file's size or mtime changes."""
+when a source file's size or mtime changes.
+
+Checking is vectorised over all instances at once (`check_instances`), so a full-COCO index is
+not 860k trips through Python; `assemble` turns checked instances and the image table into the
+index. The cache records which process built it (`built_by`)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from utils.io import atomic_write_bytes
 
 LOG = logging.getLogger("gradpath.data")
-INDEX_VERSION = 2
+INDEX_VERSION = 3
+ARRAYS = ("files", "image_ids", "shapes", "inst_offsets", "boxes", "classes", "seg_offsets", "points")
 
 
 @dataclass
@@ -28,6 +37,7 @@ class LabelIndex:
     seg_offsets: np.ndarray    # (M+1,) int64: instance j owns points [s[j], s[j+1])
     points: np.ndarray         # (P,2) float32 polygon points in pixels
     counts: dict = field(default_factory=dict)
+    built_by: dict = field(default_factory=dict)  # pid, rank, host and seconds of the build
 
     def __len__(self) -> int:
         return len(self.files)
@@ -43,9 +53,10 @@ class LabelIndex:
         lens = np.diff(self.seg_offsets)
         if len(lens) == 0 or (lens != 4).any():
             return bool(len(lens))
-        b = self.boxes
-        outline = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], 1)  # as check_instance makes it
-        return not np.array_equal(self.points.reshape(-1, 4, 2), outline)
+        return not np.array_equal(self.points.reshape(-1, 4, 2), box_outlines(self.boxes))
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, k).nbytes for k in ARRAYS)
 
     def summary(self) -> str:
         c = self.counts
@@ -53,17 +64,19 @@ class LabelIndex:
                 f"empty {c.get('empty', 0)}, corrupt {c.get('corrupt', 0)}, fixed {c.get('fixed', 0)}, "
                 f"bad labels skipped {c.get('bad_labels', 0)}, crowd (eval only) {c.get('crowd', 0)}")
 
-    def save(self, path: Path, stamp: list) -> None:
-        arrays = {k: getattr(self, k) for k in ("files", "image_ids", "shapes", "inst_offsets", "boxes", "classes",
-                                                "seg_offsets", "points")}
-        meta = json.dumps({"version": INDEX_VERSION, "stamp": stamp, "counts": self.counts})
+    def save(self, path: Path, stamp: str) -> bool:
+        """Write the cache (atomically); False when it could not be written."""
+        arrays = {k: getattr(self, k) for k in ARRAYS}
+        meta = json.dumps({"version": INDEX_VERSION, "stamp": stamp, "counts": self.counts, "built_by": self.built_by})
         try:  # checked on loading, so no fsync
             atomic_write_bytes(path, lambda f: np.savez(f, meta=np.array(meta), **arrays), fsync=False)
         except OSError as e:  # e.g. a full disk: keep going without a cache
             LOG.warning("label index not cached (%s): %s", path, e)
+            return False
+        return True
 
     @classmethod
-    def load(cls, path: Path, stamp: list) -> "LabelIndex | None":
+    def load(cls, path: Path, stamp: str) -> "LabelIndex | None":
         if not path.is_file():
             return None
         try:
@@ -71,15 +84,30 @@ class LabelIndex:
                 meta = json.loads(str(z["meta"]))
                 if meta.get("version") != INDEX_VERSION or meta.get("stamp") != stamp:
                     return None
-                return cls(**{k: z[k] for k in z.files if k != "meta"}, counts=meta["counts"])
+                return cls(**{k: z[k] for k in ARRAYS}, counts=meta["counts"], built_by=meta.get("built_by", {}))
         except (OSError, ValueError, KeyError) as e:
             LOG.warning("label index %s unreadable, rebuilding: %s", path, e)
             return None
 
 
-def file_stamp(paths: list[Path]) -> list:
-    """Size and mtime of each source: any change rebuilds the index."""
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+def source_stamp(paths: list[Path]) -> str:
+    """A digest of each source's path, size and mtime: any change rebuilds the index."""
+    h = hashlib.sha1()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def folder_stamp(folder: Path, suffix: str = ".txt") -> str:
+    """source_stamp of the folder's `suffix` files (one scandir, no Path per file)."""
+    with os.scandir(folder) as it:
+        names = sorted(e.name for e in it if e.name.endswith(suffix) and e.is_file())
+    h = hashlib.sha1()
+    for name in names:
+        st = os.stat(os.path.join(folder, name))
+        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def image_problem(path: Path) -> str | None:
@@ -90,9 +118,14 @@ def image_problem(path: Path) -> str | None:
     if size == 0:
         return "corrupt"
     with path.open("rb") as f:
-        head = f.read(8)
-        f.seek(max(size - 16, 0))
-        tail = f.read()
+        return stream_problem(f, size)
+
+
+def stream_problem(f, size: int) -> str | None:
+    """image_problem of an open file of `size` bytes (size > 0); leaves the file anywhere."""
+    head = f.read(8)
+    f.seek(max(size - 16, 0))
+    tail = f.read()
     if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
         return "corrupt"
     if head[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
@@ -103,64 +136,135 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-class IndexBuilder:
-    """Accumulates validated instances image by image into flat arrays."""
+def image_problems(files: list[Path], threads: int | None = None) -> list[str | None]:
+    """image_problem of every file, on a thread pool (the checks wait on the disk, not the GIL),
+    one run of files per task."""
+    threads = threads or min(8, os.cpu_count() or 1)
+    if threads <= 1 or len(files) < 256:
+        return [image_problem(f) for f in files]
+    step = -(-len(files) // (threads * 4))
+    with ThreadPoolExecutor(threads) as pool:
+        runs = pool.map(lambda a: [image_problem(f) for f in files[a:a + step]], range(0, len(files), step))
+        return [p for run in runs for p in run]
 
-    def __init__(self):
-        self.files, self.ids, self.shapes = [], [], []
-        self.offsets, self.boxes, self.classes, self.seg_offsets, self.points = [0], [], [], [0], []
-        self.counts: Counter = Counter()
 
-    def add_image(self, file: Path, image_id: int, shape: tuple[int, int],
-                  instances: list[tuple[np.ndarray, int, np.ndarray]]) -> None:
-        problem = image_problem(file) or ("corrupt" if min(shape) <= 0 else None)
+@dataclass
+class RawInstances:
+    """Instances as the labels give them, before checking; instance j belongs to image row img[j]
+    and owns points [sum(seg_lens[:j]), sum(seg_lens[:j+1])) (seg_lens 0: no polygon given)."""
+    img: np.ndarray       # (m,) int64
+    boxes: np.ndarray     # (m,4) float32 xyxy pixels
+    classes: np.ndarray   # (m,) int64
+    seg_lens: np.ndarray  # (m,) int64
+    points: np.ndarray    # (P,2) float polygon points in pixels
+
+    def __len__(self) -> int:
+        return len(self.img)
+
+    @classmethod
+    def empty(cls) -> "RawInstances":
+        return cls(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
+                   np.zeros(0, np.int64), np.zeros((0, 2), np.float32))
+
+    @classmethod
+    def concat(cls, parts: list["RawInstances"]) -> "RawInstances":
+        parts = [p for p in parts if len(p)] or [cls.empty()]
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("img", "boxes", "classes", "seg_lens",
+                                                                               "points")))
+
+    def take(self, keep: np.ndarray) -> "RawInstances":
+        """The instances where `keep` (bool (m,) or indices), with their points."""
+        idx = np.flatnonzero(keep) if keep.dtype == bool else keep
+        starts = np.cumsum(self.seg_lens) - self.seg_lens
+        pts = self.points[ranges(starts[idx], self.seg_lens[idx])]
+        return RawInstances(self.img[idx], self.boxes[idx], self.classes[idx], self.seg_lens[idx], pts)
+
+
+def ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """concatenate([arange(s, s + n) for s, n in zip(starts, lens)]) without the loop."""
+    lens = np.asarray(lens, np.int64)
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    out_starts = np.cumsum(lens) - lens
+    return np.repeat(np.asarray(starts, np.int64) - out_starts, lens) + np.arange(total)
+
+
+def box_outlines(boxes: np.ndarray) -> np.ndarray:
+    """(m,4) xyxy -> (m,4,2) corner polygons, the mask of an instance without a polygon."""
+    b = boxes
+    return np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], 1)
+
+
+def check_instances(raw: RawInstances, shapes: np.ndarray, counts: Counter,
+                    where: Callable[[int], str]) -> RawInstances:
+    """Clip to the image, drop degenerate boxes; a missing or bad polygon becomes the box outline.
+    shapes: (n,2) (h, w) of the image rows; where(j) names instance j in warnings. Points come back
+    float32, every instance with its own."""
+    wh = shapes[raw.img][:, ::-1].astype(np.float64)
+    finite = np.isfinite(raw.boxes).all(1)
+    for j in np.flatnonzero(~finite):
+        LOG.warning("%s: non-finite box %s, skipped", where(j), raw.boxes[j].tolist())
+    clipped = np.clip(np.nan_to_num(raw.boxes), 0, np.tile(wh, 2)).astype(np.float32)
+    has_area = (clipped[:, 2] - clipped[:, 0] >= 1) & (clipped[:, 3] - clipped[:, 1] >= 1)
+    for j in np.flatnonzero(finite & ~has_area):
+        w, h = wh[j]
+        LOG.warning("%s: box %s has no area inside the %dx%d image, skipped", where(j), raw.boxes[j].tolist(), w, h)
+    keep = finite & has_area
+    counts["bad_labels"] += int((~keep).sum())
+    counts["fixed"] += int((keep & (clipped != raw.boxes.astype(np.float32)).any(1)).sum())
+    seg_id = np.repeat(np.arange(len(raw)), raw.seg_lens)
+    bad_pts = np.bincount(seg_id[~np.isfinite(raw.points).all(1)], minlength=len(raw)) > 0
+    given = raw.seg_lens > 0
+    bad_poly = keep & given & (bad_pts | (raw.seg_lens < 3))
+    for j in np.flatnonzero(bad_poly):
+        LOG.warning("%s: polygon with %d point(s) or non-finite values, the box outline is used as its mask",
+                    where(j), raw.seg_lens[j])
+    counts["fixed"] += int(bad_poly.sum())
+    own = keep & given & ~bad_poly
+    bounds = np.repeat(wh.astype(np.float32), raw.seg_lens, axis=0)  # sizes are exact in float32
+    pts = np.clip(raw.points, 0, bounds).astype(np.float32, copy=False)
+    if own.all():  # the usual case: every instance kept with its own polygon
+        return RawInstances(raw.img, clipped, raw.classes, raw.seg_lens, pts)
+    return _with_outlines(raw, keep, own, clipped, pts)
+
+
+def _with_outlines(raw: RawInstances, keep: np.ndarray, own: np.ndarray, clipped: np.ndarray,
+                   pts: np.ndarray) -> RawInstances:
+    """The kept instances: their own (clipped) points `pts`, or their box outline."""
+    idx = np.flatnonzero(keep)
+    lens = np.where(own[idx], raw.seg_lens[idx], 4)
+    out = np.empty((int(lens.sum()), 2), np.float32)
+    starts = np.cumsum(lens) - lens
+    src_starts = np.cumsum(raw.seg_lens) - raw.seg_lens
+    mine = own[idx]
+    out[ranges(starts[mine], lens[mine])] = pts[ranges(src_starts[idx[mine]], raw.seg_lens[idx[mine]])]
+    outline = ~mine
+    out[ranges(starts[outline], lens[outline])] = box_outlines(clipped[idx[outline]]).reshape(-1, 2)
+    return RawInstances(raw.img[idx], clipped[idx], raw.classes[idx], lens.astype(np.int64), out)
+
+
+def assemble(files: list, image_ids: np.ndarray, shapes: np.ndarray, problems: list[str | None],
+             inst: RawInstances, counts: Counter) -> LabelIndex:
+    """The index of the usable images (problems[i] None and a positive size) and their checked
+    instances, in image order and, within an image, in label order."""
+    shapes = np.asarray(shapes, np.int64).reshape(-1, 2)
+    usable = np.ones(len(files), bool)
+    for i, problem in enumerate(problems):
+        problem = problem or ("corrupt" if shapes[i].min() <= 0 else None)
         if problem:
-            self.counts[problem] += 1
-            LOG.warning("%s: image %s, skipped", file, problem)
-            return
-        self.files.append(str(file))
-        self.ids.append(int(image_id))
-        self.shapes.append(shape)
-        self.counts["empty"] += not instances
-        for box, cls, poly in instances:
-            self.boxes.append(box)
-            self.classes.append(cls)
-            self.points.append(poly)
-            self.seg_offsets.append(self.seg_offsets[-1] + len(poly))
-        self.offsets.append(self.offsets[-1] + len(instances))
-
-    def build(self) -> LabelIndex:
-        self.counts["images"] = len(self.files)
-        self.counts["instances"] = len(self.classes)
-        pts = np.concatenate(self.points).astype(np.float32) if self.points else np.zeros((0, 2), np.float32)
-        return LabelIndex(np.array(self.files, dtype=str), np.array(self.ids, np.int64),
-                          np.array(self.shapes, np.int32).reshape(-1, 2), np.array(self.offsets, np.int64),
-                          np.array(self.boxes, np.float32).reshape(-1, 4), np.array(self.classes, np.int64),
-                          np.array(self.seg_offsets, np.int64), pts, dict(self.counts))
-
-
-def check_instance(box_xyxy: np.ndarray, poly: np.ndarray | None, shape: tuple[int, int], counts: Counter,
-                   where: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Clip to the image, drop degenerate boxes; a missing/short polygon becomes the box outline."""
-    h, w = shape
-    if not np.all(np.isfinite(box_xyxy)):
-        counts["bad_labels"] += 1
-        LOG.warning("%s: non-finite box %s, skipped", where, box_xyxy.tolist())
-        return None
-    clipped = np.clip(box_xyxy, 0, [w, h, w, h]).astype(np.float32)
-    if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
-        counts["bad_labels"] += 1
-        LOG.warning("%s: box %s has no area inside the %dx%d image, skipped", where, box_xyxy.tolist(), w, h)
-        return None
-    if not np.array_equal(clipped, box_xyxy.astype(np.float32)):
-        counts["fixed"] += 1
-    if poly is None or len(poly) < 3 or not np.all(np.isfinite(poly)):
-        if poly is not None:
-            counts["fixed"] += 1
-            LOG.warning("%s: polygon with %d point(s) or non-finite values, the box outline is used as its mask",
-                        where, len(poly))
-        x1, y1, x2, y2 = clipped
-        poly = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32)
-    else:
-        poly = np.clip(poly, 0, [w, h]).astype(np.float32)
-    return clipped, poly
+            counts[problem] += 1
+            LOG.warning("%s: image %s, skipped", files[i], problem)
+            usable[i] = False
+    inst = inst.take(np.flatnonzero(usable[inst.img])[np.argsort(inst.img[usable[inst.img]], kind="stable")])
+    row = np.cumsum(usable) - 1  # old image row -> new
+    per_image = np.bincount(row[inst.img], minlength=int(usable.sum())).astype(np.int64)
+    counts["empty"] += int((per_image == 0).sum())
+    counts["images"], counts["instances"] = int(usable.sum()), len(inst)
+    kept_files = [str(f) for f, u in zip(files, usable) if u]
+    return LabelIndex(np.array(kept_files, dtype=str), np.asarray(image_ids, np.int64)[usable],
+                      shapes[usable].astype(np.int32).reshape(-1, 2),
+                      np.concatenate([[0], np.cumsum(per_image)]).astype(np.int64),
+                      inst.boxes.astype(np.float32).reshape(-1, 4), inst.classes.astype(np.int64),
+                      np.concatenate([[0], np.cumsum(inst.seg_lens)]).astype(np.int64),
+                      inst.points.astype(np.float32).reshape(-1, 2), dict(counts))
