@@ -172,17 +172,18 @@ def from_local_leader(info: DistInfo, key: str, what: str, compute: Callable[[],
     return None if value == FAILED else value
 
 
-def _wait(store, k: str, info: DistInfo, what: str, timeout_s: float) -> str:
+def _wait(store, k: str, info: DistInfo, what: str, timeout_s: float, poll_s: float = 0.2) -> str:
+    """Poll the store for k (check() does not block, so no timed-out waits fill the log)."""
     t0 = time.monotonic()
+    said = t0
     LOG.info("rank %d: waiting for local rank 0 to %s", info.rank, what)
-    while True:
-        left = timeout_s - (time.monotonic() - t0)
-        if left <= 0:
+    while not store.check([k]):
+        now = time.monotonic()
+        if now - t0 >= timeout_s:
             raise TimeoutError(f"rank {info.rank}: local rank 0 did not {what} within {timeout_s:.0f} s")
-        try:
-            store.wait([k], timedelta(seconds=min(HEARTBEAT_S, left)))
-            break
-        except tdist.DistStoreError:  # this wait's slice timed out
-            LOG.info("rank %d: still waiting for local rank 0 to %s (%.0f s)", info.rank, what, time.monotonic() - t0)
+        if now - said >= HEARTBEAT_S:
+            LOG.info("rank %d: still waiting for local rank 0 to %s (%.0f s)", info.rank, what, now - t0)
+            said = now
+        time.sleep(min(poll_s, HEARTBEAT_S))
     LOG.info("rank %d: local rank 0 is done (waited %.1f s)", info.rank, time.monotonic() - t0)
     return store.get(k).decode()
