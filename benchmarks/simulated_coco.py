@@ -68,7 +68,7 @@ def yolo_lines(anns: list[dict], width: int, height: int, cat_index: dict[int, i
     return "\n".join(rows) + ("\n" if rows else "")
 
 
-def _write_json(path: Path, src: dict, n_images: int) -> int:
+def write_repeated_json(path: Path, src: dict, n_images: int) -> int:
     """The repeated instances JSON, streamed; returns the non-crowd instance count."""
     images = src["images"]
     by_image: dict[int, list[dict]] = {im["id"]: [] for im in images}
@@ -135,7 +135,7 @@ def make_simulated(source: Source, n_images: int, out: Path) -> SimulatedSet:
     s = _paths(out, n_images, 0)
     for d in (s.images, s.labels, s.annotations.parent):
         d.mkdir(parents=True, exist_ok=True)
-    n_inst = _write_json(s.annotations, src, n_images)
+    n_inst = write_repeated_json(s.annotations, src, n_images)
     _write_images_and_labels(s, src, source)
     names = [c["name"] for c in sorted(src["categories"], key=lambda c: c["id"])]
     s.names_json.write_text(json.dumps(names))

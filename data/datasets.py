@@ -7,6 +7,7 @@ so threads would queue on the GIL), in chunks, and checked vectorised. Under tor
 0 builds and caches the index while the node's other ranks wait, then they load it."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -24,8 +25,8 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 from data.config import DataConfig, SplitSpec
-from data.label_index import (LabelIndex, RawInstances, assemble, check_instances, folder_stamp, image_problems,
-                              source_stamp, stream_problem)
+from data.label_index import (ARRAYS, LabelIndex, RawInstances, assemble, check_instances, folder_stamp,
+                              image_problems, source_stamp, stream_problem)
 from utils.dist import DistInfo, dist_info_from_env, from_local_leader
 from utils.io import atomic_write_text
 from utils.errors import ConfigError
@@ -260,7 +261,8 @@ def read_yolo_files(files: list[Path], labels: list[Path], nc: int) -> YoloPart:
     raw = RawInstances(np.array(img, np.int64), np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int64),
                        np.array(lens, np.int64),
                        np.concatenate(pts).astype(np.float32) if pts else np.zeros((0, 2), np.float32))
-    return YoloPart(np.array(shapes, np.int64).reshape(-1, 2), problems, raw, np.array(lines, np.int64), counts, messages)
+    shapes_arr = np.array(shapes, np.int64).reshape(-1, 2)
+    return YoloPart(shapes_arr, problems, raw, np.array(lines, np.int64), counts, messages)
 
 
 def probe_image(path: Path) -> tuple[tuple[int, int], str | None]:
@@ -377,7 +379,12 @@ def build_index(cfg: DataConfig, spec: SplitSpec, split: str, info: DistInfo = D
 
 
 def write_coco_json(index: LabelIndex, names: list[str], out: Path) -> Path:
-    """A COCO ground-truth JSON for a YOLO-txt split, so both formats are scored the same way."""
+    """A COCO ground-truth JSON for a YOLO-txt split, so both formats are scored the same way;
+    kept while the index and names it was written from are unchanged (their digest beside it)."""
+    digest = out.with_name(out.name + ".digest")
+    key = index_digest(index, names)
+    if out.is_file() and digest.is_file() and digest.read_text() == key:
+        return out
     images, anns = [], []
     for i in range(len(index)):
         h, w = (int(v) for v in index.shapes[i])
@@ -391,4 +398,12 @@ def write_coco_json(index: LabelIndex, names: list[str], out: Path) -> Path:
                          "area": area, "iscrowd": 0, "segmentation": [s.reshape(-1).tolist()]})
     cats = [{"id": i, "name": n} for i, n in enumerate(names)]
     atomic_write_text(out, json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    atomic_write_text(digest, key)
     return out
+
+
+def index_digest(index: LabelIndex, names: list[str]) -> str:
+    h = hashlib.sha1(json.dumps(names).encode())
+    for k in ARRAYS:
+        h.update(np.ascontiguousarray(getattr(index, k)).tobytes())
+    return h.hexdigest()

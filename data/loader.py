@@ -31,7 +31,7 @@ class DetectionDataset(Dataset):
     letterboxed (optionally rectangular-batched) validation images."""
 
     def __init__(self, index: LabelIndex, img_size: int, hyp: dict | None, augment: bool, rect: bool,
-                 batch_size: int, stride: int, names: list[str], category_ids: list[int], ann_file: Path,
+                 batch_size: int, stride: int, names: list[str], category_ids: list[int], ann_file: Path | None,
                  single_cls: bool = False, cache: str | None = None, cache_dir: Path | None = None):
         self.index, self.img_size, self.hyp, self.augment = index, img_size, hyp or {}, augment
         self.names, self.category_ids, self.ann_file = names, category_ids, ann_file
@@ -195,6 +195,8 @@ def build_dataset(data_cfg: DataConfig, split: str, img_size: int, batch_size: i
     spec = data_cfg.splits[split]
     if data_cfg.format == "coco":
         ann_file = spec.annotations
+    elif augment:
+        ann_file = None  # a training set is never scored: no COCO JSON of its (maybe 860k) instances
     else:
         ann_file = write_coco_json(index, data_cfg.names,
                                    cache_path(spec.labels.parent / f"{spec.labels.name}.coco.json"))

@@ -96,14 +96,18 @@ def predict_loader(model: nn.Module, loader, device: torch.device, conf_thres: f
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t2 = time.perf_counter()
-        dets = postprocess(pred.float(), None if proto is None else proto.float(), tuple(images.shape[-2:]),
-                           batch.orig_shapes, batch.ratio_pads, conf_thres, iou_thres, max_det, multi_label=True,
-                           retina_masks=retina_masks)
-        for d, image_id in zip(dets, batch.image_ids):
+        pred, proto = pred.float(), None if proto is None else proto.float()
+        for b, image_id in enumerate(batch.image_ids):
+            # one image at a time, its masks RLE-encoded before the next is decoded: a batch of 32
+            # with 300 full-size (--retina-masks) masks each would be 32 x 300 x H x W bytes at once
+            d = postprocess(pred[b:b + 1], None if proto is None else proto[b:b + 1], tuple(images.shape[-2:]),
+                            batch.orig_shapes[b:b + 1], batch.ratio_pads[b:b + 1], conf_thres, iou_thres, max_det,
+                            multi_label=True, retina_masks=retina_masks)[0]
             results += to_coco_results(d, image_id, category_ids)
             if on_image is not None:
                 on_image(int(image_id), d)
             img_ids.append(int(image_id))
+            del d
         times += [t1 - t0, t2 - t1, time.perf_counter() - t2]
     caller.to(memory_format=torch.contiguous_format)
     return results, img_ids, times * 1e3 / max(len(img_ids), 1)
@@ -132,7 +136,7 @@ def evaluate(model: nn.Module, loader, dataset, device: torch.device, conf_thres
     gt = load_gt(dataset.ann_file)  # the default backend, as score() below
     has_masks = getattr(model, "nm", 0) > 0
     scores = score(dataset.ann_file, results, ("bbox", "segm") if has_masks else ("bbox",), img_ids, gt,
-                   use_cats=not single_cls)
+                   use_cats=not single_cls, copy_results=False)  # saved above: the scorer may change them
     names_by_id = {cid: n for cid, n in zip(dataset.category_ids, names)}
     if plots and save_dir is not None:
         plot_pr_curves({("box" if k == "bbox" else "mask"): v["pr50"] for k, v in scores.items() if "pr50" in v},
