@@ -59,7 +59,7 @@ t1 = time.perf_counter()
 cfg = load_data_config(sys.argv[2])
 index = load_index(cfg, "train")
 t2 = time.perf_counter()
-cache = index_cache(cfg, cfg.splits["train"])[0]
+cache = index_cache(cfg.splits["train"])
 print("RESULT " + json.dumps({"seconds": t2 - t1, "imports_s": t1 - t0, "images": len(index),
       "instances": len(index.classes), "cache_bytes": cache.stat().st_size, "built_by": index.built_by}))
 """
@@ -69,10 +69,10 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from data.config import load_data_config
 from data.loader import build_dataloader
-from engine.config import load_hyp
+from engine.config import Hyp
 from utils.memory import process_tree_rss
 img, batch, workers, windows, batches = map(int, sys.argv[3:8])
-loader, _ = build_dataloader(load_data_config(sys.argv[2]), "train", img, batch, load_hyp(), augment=True,
+loader, _ = build_dataloader(load_data_config(sys.argv[2]), "train", img, batch, Hyp.load().augment(),
                              shuffle=True, workers=workers)
 it, peaks, t0 = iter(loader), [], time.perf_counter()
 for w in range(windows):
@@ -111,7 +111,7 @@ def index_figures(s: SimulatedSet) -> list[dict]:
     rows = []
     for form, data in (("COCO JSON", s.coco_yaml), ("YOLO txt", s.yolo_yaml)):
         cfg = load_data_config(data)
-        index_cache(cfg, cfg.splits["train"])[0].unlink(missing_ok=True)
+        index_cache(cfg.splits["train"]).unlink(missing_ok=True)
         for phase in ("cold", "warm"):
             out, m = run_measured([sys.executable, "-c", INDEX_CHILD, str(ROOT), str(data)])
             r = result_line(out)
@@ -213,7 +213,7 @@ def startup_figures(s: SimulatedSet, out: Path, args) -> list[dict]:
     from data.datasets import index_cache
 
     cfg = load_data_config(s.coco_yaml)
-    cache = index_cache(cfg, cfg.splits["train"])[0]
+    cache = index_cache(cfg.splits["train"])
     cache.unlink(missing_ok=True)
     rows = []
     for phase in ("cold", "warm"):

@@ -16,7 +16,6 @@ import os
 import socket
 import stat
 import time
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +24,15 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 from data.config import DataConfig, SplitSpec
-from data.label_index import (ARRAYS, LabelIndex, RawInstances, assemble, check_instances, folder_stamp,
-                              image_problems, source_stamp, stream_problem)
+from data.label_index import (ARRAYS, INDEX_VERSION, Findings, LabelIndex, Problem, RawInstances, assemble,
+                              check_instances, file_stamp, image_problems, stream_problem)
+from data.splits import ImageList, cache_base, list_images
 from utils.dist import DistInfo, dist_info_from_env, from_local_leader
 from utils.io import atomic_write_text
 from utils.errors import ConfigError
 from utils.paths import cache_path
 
 LOG = logging.getLogger("gradpath.data")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 POOL_MIN_FILES = 2000  # YOLO splits this large are read by a process pool
 
 
@@ -60,13 +59,16 @@ class ImageTable:
 
 def read_coco(split: SplitSpec, category_ids: list[int]) -> LabelIndex:
     path = split.annotations
-    table, raw, ann_ids, counts = _coco_arrays(path, category_ids)  # the parsed JSON is gone on return
+    table, raw, ann_ids, keyed = _coco_arrays(path, category_ids)  # the parsed JSON is gone on return
     files = [split.images / name for name in table.names]
-    checked = check_instances(raw, table.shapes, counts, lambda j: f"{path.name}: annotation id {ann_ids[j]}")
-    return assemble(files, table.ids, table.shapes, image_problems(files), checked, counts)
+    checked, found = check_instances(raw, table.shapes, lambda j: f"{path.name}: annotation id {ann_ids[j]}",
+                                     raw.keys)
+    findings = Findings()
+    findings.extend_in_order(keyed + found)
+    return assemble(files, table.ids, table.shapes, image_problems(files), checked, findings)
 
 
-def _coco_arrays(path: Path, category_ids: list[int]) -> tuple[ImageTable, RawInstances, list, Counter]:
+def _coco_arrays(path: Path, category_ids: list[int]) -> tuple[ImageTable, RawInstances, list, list]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -75,9 +77,8 @@ def _coco_arrays(path: Path, category_ids: list[int]) -> tuple[ImageTable, RawIn
         if not isinstance(data.get(key), list):
             raise ConfigError(f"{path}: '{key}' list missing")
     table = _image_table(data["images"], path)
-    counts: Counter = Counter()
-    raw, ann_ids = _coco_instances(data["annotations"], table, category_ids, path, counts)
-    return table, raw, ann_ids, counts
+    raw, ann_ids, keyed = _coco_instances(data["annotations"], table, category_ids, path)
+    return table, raw, ann_ids, keyed
 
 
 def _image_table(images: list[dict], path: Path) -> ImageTable:
@@ -93,35 +94,39 @@ def _image_table(images: list[dict], path: Path) -> ImageTable:
     return ImageTable(np.fromiter(by_id, np.int64, len(by_id)), names, shapes.reshape(-1, 2))
 
 
-def _coco_instances(anns: list[dict], table: ImageTable, category_ids: list[int], path: Path,
-                    counts: Counter) -> tuple[RawInstances, list]:
+def _coco_instances(anns: list[dict], table: ImageTable, category_ids: list[int],
+                    path: Path) -> tuple[RawInstances, list, list[tuple[int, Problem]]]:
     """The annotations that name a known image and category, are not crowd regions and not
-    duplicates, as raw instances (and their annotation ids, for warnings)."""
+    duplicates, as raw instances (keyed by their place in the JSON), their annotation ids (for
+    messages) and what was wrong with the others, keyed the same way."""
     where = lambda i: f"{path.name}: annotation id {anns[i].get('id')}"  # noqa: E731
-    row = _image_rows(np.array([int(a.get("image_id", -1)) for a in anns], np.int64), table.ids)
+    image_ids = np.array([int(a.get("image_id", -1)) for a in anns], np.int64)
+    row = _image_rows(image_ids, table.ids)
     cat_to_idx = {cid: i for i, cid in enumerate(category_ids)}
     cat = np.array([cat_to_idx.get(a.get("category_id"), -1) for a in anns], np.int64)
     crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
-    for i in np.flatnonzero(row < 0):
-        LOG.warning("%s: unknown image_id %s, skipped", where(i), anns[i].get("image_id"))
-    for i in np.flatnonzero((row >= 0) & (cat < 0)):
-        LOG.warning("%s: unknown category_id %s, skipped", where(i), anns[i].get("category_id"))
-    counts["bad_labels"] += int(((row < 0) | (cat < 0)).sum())
-    counts["crowd"] += int(((row >= 0) & (cat >= 0) & crowd).sum())  # crowd regions are for evaluation only
+    keyed = [(i, Problem("bad_labels", where(i), f"unknown image_id {image_ids[i]}, skipped"))
+             for i in np.flatnonzero(row < 0)]
+    keyed += [(i, Problem("bad_labels", where(i), f"unknown category_id {anns[i].get('category_id')}, skipped"))
+              for i in np.flatnonzero((row >= 0) & (cat < 0))]
+    keyed += [(i, Problem("crowd", where(i), "crowd region, for evaluation only", warn=False))  # evaluation only
+              for i in np.flatnonzero((row >= 0) & (cat >= 0) & crowd)]
     sel = np.flatnonzero((row >= 0) & (cat >= 0) & ~crowd)
     bbox = _coco_boxes([anns[i].get("bbox", (0, 0, 0, 0)) for i in sel])
     first = np.zeros(len(sel), bool)
     if len(sel):
         key = np.column_stack([row[sel], cat[sel], np.round(bbox, 2)])
         first[np.unique(key, axis=0, return_index=True)[1]] = True
-    for k in np.flatnonzero(~first):
-        LOG.warning("%s: duplicate of an earlier annotation, skipped", where(sel[k]))
-    counts["duplicates"] += int((~first).sum())
+    keyed += [(sel[k], Problem("duplicates", where(sel[k]), "duplicate of an earlier annotation, skipped"))
+              for k in np.flatnonzero(~first)]
     sel, bbox = sel[first], bbox[first]
-    seg_lens, points = _coco_polygons([anns[i].get("segmentation") for i in sel], lambda k: where(sel[k]), counts)
+    seg_lens, points, short = _coco_polygons([anns[i].get("segmentation") for i in sel])
+    keyed += [(sel[k], Problem("fixed", where(sel[k]), "polygon with fewer than 3 points dropped" +
+                               ("; the box outline is used as its mask" if not seg_lens[k] else "")))
+              for k in short]
     xyxy = np.column_stack([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]]).astype(np.float32)
-    raw = RawInstances(row[sel], xyxy.reshape(-1, 4), cat[sel], seg_lens, points)
-    return raw, [anns[i].get("id") for i in sel]
+    raw = RawInstances(row[sel], xyxy.reshape(-1, 4), cat[sel], seg_lens, points, sel.astype(np.int64))
+    return raw, [anns[i].get("id") for i in sel], keyed
 
 
 def _image_rows(image_ids: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
@@ -151,11 +156,13 @@ def _coco_boxes(boxes: list) -> np.ndarray:
     return out
 
 
-def _coco_polygons(segs: list, where, counts: Counter) -> tuple[np.ndarray, np.ndarray]:
-    """(seg_lens (m,), points (P,2) float32): one usable polygon as it is, several joined into one
-    ring, none (RLE, or only short parts) as zero points (the box outline comes later)."""
+def _coco_polygons(segs: list) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(seg_lens (m,), points (P,2) float32, the positions whose polygon lost short parts): one
+    usable polygon as it is, several joined into one ring, none (RLE, or only short parts) as zero
+    points (the box outline comes later). A part with an odd number of coordinates counts as short."""
     lens = np.zeros(len(segs), np.int64)
     flat: list = []
+    short: list[int] = []
     for k, seg in enumerate(segs):
         if not isinstance(seg, list):
             continue
@@ -164,59 +171,47 @@ def _coco_polygons(segs: list, where, counts: Counter) -> tuple[np.ndarray, np.n
             flat.append(seg[0])
             continue
         usable = [p for p in seg if len(p) >= 6 and len(p) % 2 == 0]
-        ring = join_polygons(usable)
         if len(usable) < len(seg):
-            counts["fixed"] += 1
-            LOG.warning("%s: polygon with fewer than 3 points (or an odd number of coordinates) dropped%s", where(k),
-                        "; the box outline is used as its mask" if ring is None else "")
+            short.append(k)
+        ring = join_polygons(usable)
         if ring is not None:
             lens[k] = len(ring)
             flat.append(ring.ravel().tolist())
     n = int(lens.sum()) * 2
-    return lens, np.fromiter(itertools.chain.from_iterable(flat), np.float32, n).reshape(-1, 2)
+    return lens, np.fromiter(itertools.chain.from_iterable(flat), np.float32, n).reshape(-1, 2), short
 
 
 # ---- YOLO txt ----------------------------------------------------------------------------------
-def yolo_image_list(split: SplitSpec) -> list[Path]:
-    if split.list_file:
-        base = split.list_file.parent
-        return [(base / line.strip()) if not Path(line.strip()).is_absolute() else Path(line.strip())
-                for line in split.list_file.read_text().splitlines() if line.strip()]
-    return sorted(p for p in split.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 @dataclass
 class YoloPart:
     """What a run of YOLO label files holds, before checking (instances' img relative to the run)."""
     shapes: np.ndarray     # (k,2) int64 (h, w); (0, 0) where the image header is unreadable
     problems: list         # image_problem of each image
-    raw: RawInstances
-    lines: np.ndarray      # (m,) int64 line number of each instance in its file
-    counts: Counter
-    messages: list[str]    # warnings, logged by the caller (a pool's processes have no log handlers)
+    raw: RawInstances      # keys: (image position in the run) << 32 | line number
+    found: list            # (key, Problem) of the lines (the caller adds them to its Findings)
 
 
-def read_yolo(split: SplitSpec, nc: int, workers: int | None = None) -> LabelIndex:
+def read_yolo(listing: ImageList, nc: int, workers: int | None = None) -> LabelIndex:
     """YOLO txt: `cls cx cy w h` or `cls x1 y1 x2 y2 ...` (normalised), one file per image."""
-    files = yolo_image_list(split)
-    labels = [split.labels / (img.stem + ".txt") for img in files]
+    files, labels = listing.images, listing.labels
     parts = _read_yolo_parts(files, labels, nc, workers)
-    counts: Counter = Counter()
-    raws, lines, shapes, problems, start = [], [], [], [], 0
+    raws, shapes, problems, keyed, start = [], [], [], [], 0
     for part in parts:
-        for m in part.messages:
-            LOG.warning("%s", m)
-        counts.update(part.counts)
         part.raw.img += start
+        part.raw.keys += start << 32
         raws.append(part.raw)
-        lines.append(part.lines)
         shapes.append(part.shapes)
         problems += part.problems
+        keyed += [(key + (start << 32), p) for key, p in part.found]
         start += len(part.problems)
-    raw, line = RawInstances.concat(raws), np.concatenate(lines) if lines else np.zeros(0, np.int64)
+    raw = RawInstances.concat(raws)
     shape = np.concatenate(shapes) if shapes else np.zeros((0, 2), np.int64)
-    checked = check_instances(raw, shape, counts, lambda j: f"{labels[raw.img[j]]}:{line[j]}")
-    return assemble(files, np.arange(len(files)), shape, problems, checked, counts)
+    checked, found = check_instances(raw, shape, lambda j: f"{labels[raw.img[j]]}:{raw.keys[j] & 0xFFFFFFFF}",
+                                     raw.keys)
+    findings = Findings()
+    findings.extend(listing.problems)
+    findings.extend_in_order(keyed + found)
+    return assemble(files, np.arange(len(files)), shape, problems, checked, findings)
 
 
 def _read_yolo_parts(files: list[Path], labels: list[Path], nc: int, workers: int | None) -> list[YoloPart]:
@@ -234,11 +229,11 @@ def _read_yolo_parts(files: list[Path], labels: list[Path], nc: int, workers: in
 
 
 def read_yolo_files(files: list[Path], labels: list[Path], nc: int) -> YoloPart:
-    """One run of image and label files: sizes, image problems and the parsed label lines."""
-    counts: Counter = Counter()
-    messages: list[str] = []
+    """One run of image and label files: sizes, image problems and the parsed label lines (no
+    state: runs may be read in any order, or in parallel)."""
+    found: list[tuple[int, Problem]] = []
     shapes, problems = [], []
-    img, boxes, classes, lens, pts, lines = [], [], [], [], [], []
+    img, boxes, classes, lens, pts, keys = [], [], [], [], [], []
     for k, (image, label) in enumerate(zip(files, labels)):
         (h0, w0), problem = probe_image(image)
         shapes.append((h0, w0))
@@ -246,23 +241,31 @@ def read_yolo_files(files: list[Path], labels: list[Path], nc: int) -> YoloPart:
         if h0 <= 0:  # unreadable header: assemble() counts it as missing or corrupt
             continue
         if not label.is_file():
-            counts["missing_labels"] += 1
+            found.append((k << 32, Problem("missing_labels", str(image), f"no label file {label}", warn=False)))
             continue
-        for ln, line in enumerate(label.read_text().splitlines(), 1):
-            inst = _parse_yolo_line(line, nc, (h0, w0), counts, f"{label}:{ln}", messages)
-            if inst is not None:
+        seen = set()
+        for ln, line in enumerate(label.read_text(errors="replace").splitlines(), 1):
+            where, dup = f"{label}:{ln}", tuple(line.split())
+            if dup and dup in seen:
+                found.append(((k << 32) | ln, Problem("duplicates", where, "the same line as an earlier one, skipped")))
+                continue
+            seen.add(dup)
+            inst = _parse_yolo_line(line, nc, (h0, w0), where)
+            if isinstance(inst, Problem):
+                found.append(((k << 32) | ln, inst))
+            elif inst is not None:
                 img.append(k)
                 boxes.append(inst[0])
                 classes.append(inst[1])
                 lens.append(0 if inst[2] is None else len(inst[2]))
                 if inst[2] is not None:
                     pts.append(inst[2])
-                lines.append(ln)
+                keys.append((k << 32) | ln)
     raw = RawInstances(np.array(img, np.int64), np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int64),
                        np.array(lens, np.int64),
-                       np.concatenate(pts).astype(np.float32) if pts else np.zeros((0, 2), np.float32))
-    shapes_arr = np.array(shapes, np.int64).reshape(-1, 2)
-    return YoloPart(shapes_arr, problems, raw, np.array(lines, np.int64), counts, messages)
+                       np.concatenate(pts).astype(np.float32) if pts else np.zeros((0, 2), np.float32),
+                       np.array(keys, np.int64))
+    return YoloPart(np.array(shapes, np.int64).reshape(-1, 2), problems, raw, found)
 
 
 def probe_image(path: Path) -> tuple[tuple[int, int], str | None]:
@@ -294,21 +297,18 @@ def _image_size(f) -> tuple[int, int]:
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)  # 90-degree rotations swap the sides
 
 
-def _parse_yolo_line(line: str, nc: int, shape: tuple[int, int], counts: Counter, where: str, messages: list[str]):
-    """(box float32 xyxy pixels, class, polygon float32 (k,2) pixels or None), or None (counted)."""
+def _parse_yolo_line(line: str, nc: int, shape: tuple[int, int], where: str):
+    """(box float32 xyxy pixels, class, polygon float32 (k,2) pixels or None), a Problem, or None
+    (a blank line)."""
     parts = line.split()
     if not parts:
         return None
     try:
         cls, vals = int(parts[0]), np.array([float(v) for v in parts[1:]], np.float32)
     except ValueError:
-        counts["bad_labels"] += 1
-        messages.append(f"{where}: not numbers: {line[:80]!r}, skipped")
-        return None
+        return Problem("bad_labels", where, f"not numbers: {line[:80]!r}, skipped")
     if not 0 <= cls < nc:
-        counts["bad_labels"] += 1
-        messages.append(f"{where}: class {cls} out of range 0..{nc - 1}, skipped")
-        return None
+        return Problem("bad_labels", where, f"class {cls} out of range 0..{nc - 1}, skipped")
     h, w = shape
     if len(vals) == 4:
         cx, cy, bw, bh = vals * [w, h, w, h]
@@ -316,19 +316,14 @@ def _parse_yolo_line(line: str, nc: int, shape: tuple[int, int], counts: Counter
     if len(vals) >= 6 and len(vals) % 2 == 0:
         poly = vals.reshape(-1, 2) * [w, h]
         return np.concatenate([poly.min(0), poly.max(0)]).astype(np.float32), cls, poly.astype(np.float32)
-    counts["bad_labels"] += 1
-    messages.append(f"{where}: expected 4 box values or >= 3 polygon points, got {len(vals)} values, skipped")
-    return None
+    return Problem("bad_labels", where, f"expected 4 box values or >= 3 polygon points, got {len(vals)} values, "
+                                        "skipped")
 
 
 # ---- the cached index, once per node -----------------------------------------------------------
-def index_cache(cfg: DataConfig, spec: SplitSpec) -> tuple[Path, str]:
-    """(cache file, stamp of the sources it was built from)."""
-    if cfg.format == "coco":
-        return cache_path(spec.annotations.with_suffix(".index.npz")), source_stamp([spec.annotations])
-    cache = cache_path(spec.labels.parent / f"{spec.labels.name}.index.npz")
-    sources = [spec.labels] + ([spec.list_file] if spec.list_file else [])
-    return cache, source_stamp(sources) + folder_stamp(spec.labels)
+def index_cache(spec: SplitSpec) -> Path:
+    base = cache_base(spec)
+    return cache_path(base.with_name(f"{base.name}.index.npz"))
 
 
 def load_index(cfg: DataConfig, split: str, info: DistInfo | None = None) -> LabelIndex:
@@ -337,23 +332,41 @@ def load_index(cfg: DataConfig, split: str, info: DistInfo | None = None) -> Lab
     spec = cfg.splits.get(split)
     if spec is None:
         raise ConfigError(f"{cfg.source}: no '{split}' split")
-    cache, stamp = index_cache(cfg, spec)
+    cache = index_cache(spec)
+    if cfg.format == "coco":
+        stamp, build = file_stamp([spec.annotations]), lambda: read_coco(spec, cfg.category_ids)
+    else:
+        listing = list_images(spec)
+        stamp, build = yolo_stamp(listing, cfg.nc), lambda: read_yolo(listing, cfg.nc)
     index = LabelIndex.load(cache, stamp)
     if index is None:
-        index = _build_once_per_node(cfg, spec, split, cache, stamp, info or dist_info_from_env())
+        index = _build_once_per_node(cfg, split, cache, stamp, build, info or dist_info_from_env())
     LOG.info("%s %s: %s", cfg.name, split, index.summary())
     return index
 
 
-def _build_once_per_node(cfg: DataConfig, spec: SplitSpec, split: str, cache: Path, stamp: str,
-                         info: DistInfo) -> LabelIndex:
+def yolo_stamp(listing: ImageList, nc: int) -> list:
+    """What a YOLO index depends on, as one digest: every image path, every label path with its
+    size and mtime (an absent label file too), and the class count labels are checked against.
+    Images are not stamped (as before): one damaged after indexing is met, and skipped, while loading."""
+    h = hashlib.sha1()
+    for img, label in zip(listing.images, listing.labels):
+        try:
+            st = label.stat()
+            h.update(f"{img}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{img}\0{label}\0-\n".encode())
+    return [INDEX_VERSION, nc, len(listing.images), h.hexdigest()]
+
+
+def _build_once_per_node(cfg: DataConfig, split: str, cache: Path, stamp: list, build, info: DistInfo) -> LabelIndex:
     built: list[LabelIndex] = []
 
     def build_and_save() -> str:
-        built.append(build_index(cfg, spec, split, info))
+        built.append(_timed_build(cfg, split, build, info))
         return "saved" if built[0].save(cache, stamp) else "unsaved"
 
-    status = from_local_leader(info, f"label-index/{cache}/{stamp}",
+    status = from_local_leader(info, f"label-index/{cache}/{json.dumps(stamp)}",
                                f"build the label index of {cfg.name} {split} ({cache})", build_and_save)
     if built:
         return built[0]
@@ -364,13 +377,13 @@ def _build_once_per_node(cfg: DataConfig, spec: SplitSpec, split: str, cache: Pa
         return index
     LOG.warning("rank %d: local rank 0 left no label index of %s %s to load; building it here", info.rank,
                 cfg.name, split)
-    return build_index(cfg, spec, split, info)
+    return _timed_build(cfg, split, build, info)
 
 
-def build_index(cfg: DataConfig, spec: SplitSpec, split: str, info: DistInfo = DistInfo()) -> LabelIndex:
+def _timed_build(cfg: DataConfig, split: str, build, info: DistInfo) -> LabelIndex:
     t0 = time.perf_counter()
     LOG.info("%s %s: building the label index", cfg.name, split)
-    index = read_coco(spec, cfg.category_ids) if cfg.format == "coco" else read_yolo(spec, cfg.nc)
+    index = build()
     seconds = time.perf_counter() - t0
     index.built_by = {"pid": os.getpid(), "rank": info.rank, "local_rank": info.local_rank,
                       "host": socket.gethostname(), "seconds": round(seconds, 2)}
@@ -378,13 +391,40 @@ def build_index(cfg: DataConfig, spec: SplitSpec, split: str, info: DistInfo = D
     return index
 
 
-def write_coco_json(index: LabelIndex, names: list[str], out: Path) -> Path:
+def ground_truth_json(cfg: DataConfig, split: str, index: LabelIndex) -> Path:
+    """The COCO ground truth a split is scored against: a COCO split's own JSON; for a YOLO split
+    the JSON derived from its labels, cached beside them and rewritten when the index differs."""
+    spec = cfg.splits[split]
+    if cfg.format == "coco":
+        return spec.annotations
+    base = cache_base(spec)
+    out = cache_path(base.with_name(f"{base.name}.coco.json"))
+    digest = index_digest(index, cfg.names)
+    try:
+        with out.open() as f:
+            if f'"gradpath_index": "{digest}"' in f.read(200):
+                return out
+    except OSError:
+        pass
+    return write_coco_json(index, cfg.names, out, digest)
+
+
+def index_digest(index: LabelIndex, names: list[str]) -> str:
+    """A digest of everything a derived COCO JSON holds."""
+    h = hashlib.sha1(json.dumps(names).encode())
+    for key in ARRAYS:
+        h.update(np.ascontiguousarray(getattr(index, key)).tobytes())
+    return h.hexdigest()
+
+
+def disk_cache_dir(cfg: DataConfig, split: str) -> Path:
+    """Where --cache disk keeps the split's decoded images."""
+    return cache_path(cache_base(cfg.splits[split]).parent / f".cache-{split}")
+
+
+def write_coco_json(index: LabelIndex, names: list[str], out: Path, digest: str = "") -> Path:
     """A COCO ground-truth JSON for a YOLO-txt split, so both formats are scored the same way;
-    kept while the index and names it was written from are unchanged (their digest beside it)."""
-    digest = out.with_name(out.name + ".digest")
-    key = index_digest(index, names)
-    if out.is_file() and digest.is_file() and digest.read_text() == key:
-        return out
+    `digest` (index_digest) leads the file, so a reader can tell it is current from its start."""
     images, anns = [], []
     for i in range(len(index)):
         h, w = (int(v) for v in index.shapes[i])
@@ -397,13 +437,6 @@ def write_coco_json(index: LabelIndex, names: list[str], out: Path) -> Path:
                          "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
                          "area": area, "iscrowd": 0, "segmentation": [s.reshape(-1).tolist()]})
     cats = [{"id": i, "name": n} for i, n in enumerate(names)]
-    atomic_write_text(out, json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    atomic_write_text(digest, key)
+    info = {"gradpath_index": digest, "description": "derived from YOLO labels"}
+    atomic_write_text(out, json.dumps({"info": info, "images": images, "annotations": anns, "categories": cats}))
     return out
-
-
-def index_digest(index: LabelIndex, names: list[str]) -> str:
-    h = hashlib.sha1(json.dumps(names).encode())
-    for k in ARRAYS:
-        h.update(np.ascontiguousarray(getattr(index, k)).tobytes())
-    return h.hexdigest()

@@ -8,13 +8,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from utils.errors import CheckpointError, ConfigError
 from utils.paths import resolve_repo_path
 
-FORMAT_VERSION = 1
+# 2: the saved hyp's weight_decay is the hyp file's (1 saved it after scaling to the batch size)
+FORMAT_VERSION = 2
 
 
 def atomic_write_bytes(path: str | Path, write, fsync: bool = True) -> Path:
@@ -46,11 +46,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     """Save a dict of state_dicts and plain metadata atomically (never a pickled model)."""
+    import torch
+
     return atomic_write_bytes(path, lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with weights_only=True; every failure is one clear CheckpointError."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -69,6 +73,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {msg}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a gradpath checkpoint (expected a dict with a 'model' state_dict)")
+    version = ckpt.get("version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer gradpath (checkpoint format {version}; this one reads "
+                              f"formats up to {FORMAT_VERSION}): update gradpath to load it")
     return ckpt
 
 

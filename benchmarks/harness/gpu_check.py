@@ -7,13 +7,11 @@ import copy
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +24,10 @@ from data.config import load_data_config
 from data.loader import build_dataloader
 from engine.device import CHANNELS_LAST, Precision, amp_precision, compile_model, configure_cuda, memory_format
 from benchmarks.harness.gpu_report import Report
+from benchmarks.harness.pytest_results import Results, read_results
 from benchmarks.harness.speed import (StepRate, first_images, forward_latency_ms, loader_rate, mosaic_batches, time_forward_ms, train_step_rate)
 from models.model import build_model
-from engine.config import load_hyp
+from engine.config import Hyp
 from utils.paths import REPO_ROOT
 from utils.structures import Batch
 
@@ -129,57 +128,71 @@ def environment(report: Report, ctx: Context) -> None:
 
 # --- CUDA correctness and failure paths: the cuda-marked tests ------------------------------------
 
-def cuda_tests(report: Report, ctx: Context) -> None:
-    """pytest -m cuda on tests/cuda/test_cuda.py, one row per test (test_failure_* under failure paths).
-    When it runs out of time, the tests that finished still get their rows."""
-    xml, log = ctx.work / "cuda_tests.xml", ctx.out / "cuda_tests.log"
+CUDA_TESTS = "tests/cuda/test_cuda.py"
+
+
+@dataclass(frozen=True)
+class PytestRun:
+    results: Results  # what the plugin wrote: the collected ids and each finished test's outcome
+    output: str  # pytest's -v output, for the log
+    timed_out: bool
+    returncode: int | None  # None when timed out
+
+
+def cuda_tests(report: Report, ctx: Context, path: str = CUDA_TESTS) -> None:
+    """pytest -m cuda on `path`, one row per test (test_failure_* under failure paths), each row's
+    setting the test's node id. When it runs out of time, the tests that finished still get their
+    rows and those that did not run say so."""
+    log = ctx.out / "cuda_tests.log"
     timeout = max(30, min(ctx.settings.pytest_timeout, int(report.remaining())))
-    cmd = [sys.executable, "-m", "pytest", "tests/cuda/test_cuda.py", "-m", "cuda", "-v", "-p", "no:cacheprovider",
-           f"--junitxml={xml}"]
     env = {**os.environ, "GRADPATH_CHECK_DIR": str(ctx.work / "cuda"), "PYTHONUNBUFFERED": "1"}
-    output, timed_out = run_process_group(cmd, timeout, env)
-    log.write_text(output)
-    if timed_out or not xml.is_file():
-        cases = [(name, 0.0, {"PASSED": "pass", "SKIPPED": "skipped"}.get(word, "FAIL"), word.lower())
-                 for name, word in re.findall(r"^tests/cuda/test_cuda\.py::(\S+) (PASSED|FAILED|ERROR|SKIPPED)", output, re.M)]
-        why = f"timed out after {timeout} s" if timed_out else "no results"
-        report.add(CORRECT, "pytest -m cuda", "tests/cuda/test_cuda.py", f"{why} after {len(cases)} tests (log: {log.name})",
-                   "FAIL")
-    else:
-        cases = junit_cases(xml)
-    for name, seconds, status, message in cases:
-        section = FAIL if name.startswith("test_failure_") else CORRECT
-        func, _, params = name.partition("[")
-        check = func.removeprefix("test_failure_").removeprefix("test_").replace("_", " ") + (f" [{params}" if params else "")
-        result = {"pass": f"ok ({seconds:.1f} s)", "skipped": f"skipped: {message}"}.get(status, message)
-        report.add(section, check, "pytest -m cuda", result, status)
+    run = run_tests([path, "-m", "cuda", "-v", "-p", "no:cacheprovider"], ctx.work / "cuda_tests.jsonl", timeout,
+                    env)
+    log.write_text(run.output)
+    add_test_rows(report, run, path, timeout, log.name)
 
 
-def run_process_group(cmd: list[str], timeout: float, env: dict) -> tuple[str, bool]:
-    """(stdout and stderr, timed out). On time-out the whole process group goes, so no training the
-    tests started keeps the GPU busy during the speed rows."""
+def run_tests(pytest_args: list[str], results: Path, timeout: float, env: dict) -> PytestRun:
+    """pytest.main(pytest_args) in a process group of its own (benchmarks/harness/pytest_results.py)."""
+    cmd = [sys.executable, "-m", "benchmarks.harness.pytest_results", str(results), "--", *pytest_args]
+    output, timed_out, returncode = run_process_group(cmd, timeout, env)
+    return PytestRun(read_results(results), output, timed_out, returncode)
+
+
+def add_test_rows(report: Report, run: PytestRun, path: str, timeout: float, log_name: str) -> None:
+    outcomes, ended = run.results.outcomes, {o.nodeid for o in run.results.outcomes}
+    # exit 0: all passed or skipped; 1: some failed (their rows say which); anything else went wrong
+    if run.timed_out or run.returncode not in (0, 1) or not outcomes:
+        why = f"timed out after {timeout:.0f} s" if run.timed_out else f"pytest exit code {run.returncode}"
+        report.add(CORRECT, "pytest -m cuda", path, f"{why} after {len(outcomes)} of {len(run.results.collected)} "
+                   f"tests (log: {log_name})", "FAIL")
+    for o in outcomes:
+        report.add(FAIL if o.name.startswith("test_failure_") else CORRECT, check_name(o.name), o.nodeid,
+                   {"pass": f"ok ({o.seconds:.1f} s)", "skipped": f"skipped: {o.message}"}.get(o.status, o.message),
+                   o.status)
+    for nodeid in run.results.collected:
+        if nodeid not in ended:
+            name = nodeid.rpartition("::")[2]
+            report.add(FAIL if name.startswith("test_failure_") else CORRECT, check_name(name), nodeid,
+                       "skipped: not run (the tests timed out)" if run.timed_out else "skipped: not run", "skipped")
+
+
+def check_name(test: str) -> str:
+    """test_failure_out_of_memory_x[p] -> 'out of memory x [p]'."""
+    func, _, params = test.partition("[")
+    return func.removeprefix("test_failure_").removeprefix("test_").replace("_", " ") + (f" [{params}" if params else "")
+
+
+def run_process_group(cmd: list[str], timeout: float, env: dict) -> tuple[str, bool, int | None]:
+    """(stdout and stderr, timed out, exit code or None). On time-out the whole process group goes,
+    so no training the tests started keeps the GPU busy during the speed rows."""
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        return proc.communicate(timeout=timeout)[0], False
+        return proc.communicate(timeout=timeout)[0], False, proc.returncode
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        return proc.communicate()[0], True
-
-
-def junit_cases(path: Path) -> list[tuple[str, float, str, str]]:
-    """(test name with its parameters, seconds, pass|FAIL|skipped, first line of the message)."""
-    cases = []
-    for case in ET.parse(path).getroot().iter("testcase"):
-        status, message = "pass", ""
-        for child in case:
-            if child.tag in ("failure", "error", "skipped"):
-                status = "skipped" if child.tag == "skipped" else "FAIL"
-                text = child.get("message") or child.text or child.tag
-                message = text.strip().splitlines()[0][:200] if text.strip() else child.tag
-                message = message.removeprefix("Skipped: ")
-        cases.append((case.get("name", "?"), float(case.get("time", 0)), status, message))
-    return cases
+        return proc.communicate()[0], True, None
 
 
 # --- speed and memory ---------------------------------------------------------------------------
@@ -228,7 +241,7 @@ def loader_rows(report: Report, ctx: Context, rates: dict[tuple[str, int], StepR
     s, bs, best = ctx.settings, ctx.settings.batch_sizes[0], {}
     for w in s.workers:
         def run(w=w):
-            loader, _ = build_dataloader(ctx.data, "train", s.img_size, bs, load_hyp(), augment=True, shuffle=True,
+            loader, _ = build_dataloader(ctx.data, "train", s.img_size, bs, Hyp.load().augment(), shuffle=True,
                                          workers=w, pin_memory=ctx.cuda)
             rate, _, _ = loader_rate(loader, s.loader_batches)
             best[w] = rate

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.checkpoint import load_model
+from engine.checkpoint import ModelMeta, load_model
 from utils.dist import select_device
 from utils.io import atomic_write_bytes
 
@@ -22,8 +22,8 @@ def export_onnx(weights: str | Path, img_size: int | None = None, dynamic: bool 
     if half and dev.type != "cuda":
         raise ValueError("--half export needs a CUDA device (--device 0)")
     model, ckpt = load_model(weights, dev, fuse=True)
-    size = img_size or int(ckpt.get("config", {}).get("img_size", 640))
-    stride = int(max(model.stride))
+    meta = ModelMeta.of(ckpt, model)
+    size, stride = img_size or meta.img_size, meta.stride
     if size % stride:
         raise ValueError(f"--img-size {size} must be a multiple of the model stride {stride}")
     x = torch.rand(1, 3, size, size, device=dev)
@@ -38,9 +38,9 @@ def export_onnx(weights: str | Path, img_size: int | None = None, dynamic: bool 
                           dynamic_axes={k: v for k, v in (axes or {}).items() if k == "images" or k in names} or None,
                           dynamo=False)
     out = Path(out) if out else Path(weights).with_suffix(".onnx")
-    diff = check_onnx(buf.getvalue(), model, x)
-    atomic_write_bytes(out, lambda f: f.write(buf.getvalue()))
-    _add_metadata(out, ckpt, size, stride)
+    data = with_metadata(buf.getvalue(), {**meta.to_strings(), "img_size": str(size)})
+    diff = check_onnx(data, model, x)
+    atomic_write_bytes(out, lambda f: f.write(data))  # once, checked, metadata inside
     return out, diff
 
 
@@ -55,17 +55,12 @@ def check_onnx(onnx_bytes: bytes, model: torch.nn.Module, x: torch.Tensor) -> fl
     return float(max(np.abs(g.astype(np.float32) - r.float().cpu().numpy()).max() for g, r in zip(got, ref)))
 
 
-def _add_metadata(path: Path, ckpt: dict, size: int, stride: int) -> None:
-    """Class names, category ids, size and stride travel inside the ONNX file."""
-    import json
-
+def with_metadata(onnx_bytes: bytes, values: dict[str, str]) -> bytes:
+    """The model with `values` (ModelMeta: names, category ids, size, stride, task) in its metadata."""
     import onnx
 
-    m = onnx.load(str(path))
-    cfg = ckpt.get("config", {})
-    for k, v in {"names": json.dumps(cfg.get("names", [])), "category_ids": json.dumps(cfg.get("category_ids", [])),
-                 "img_size": str(size), "stride": str(stride)}.items():
+    m = onnx.load_from_string(onnx_bytes)
+    for k, v in values.items():
         entry = m.metadata_props.add()
         entry.key, entry.value = k, v
-    data = m.SerializeToString()
-    atomic_write_bytes(path, lambda f: f.write(data))
+    return m.SerializeToString()

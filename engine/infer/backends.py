@@ -2,17 +2,19 @@
 with names, category_ids, stride and default_size from the file. PyTorch checkpoints and ONNX Runtime."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from engine.checkpoint import ModelMeta
 from engine.device import compile_model, memory_format
 from engine.infer.sources import SourceError
 
 
 class OnnxBackend:
+    """An exported .onnx file through onnxruntime (CUDA provider on a GPU)."""
+
     def __init__(self, path: str | Path, device: torch.device):
         import onnxruntime as ort
 
@@ -20,11 +22,7 @@ class OnnxBackend:
             raise SourceError(f"--weights {path}: ONNX file not found")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), providers=providers)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.names = json.loads(meta.get("names", "[]"))
-        self.category_ids = json.loads(meta.get("category_ids", "[]")) or list(range(len(self.names)))
-        self.stride = int(meta.get("stride", 32))
-        self.default_size = int(meta.get("img_size", 640))
+        self.meta = ModelMeta.from_strings(self.session.get_modelmeta().custom_metadata_map)
         self.device = device
         shape = self.session.get_inputs()[0].shape
         self.fixed = None if isinstance(shape[2], str) else (int(shape[2]), int(shape[3]))
@@ -56,6 +54,8 @@ class OnnxBackend:
 
 
 class TorchBackend:
+    """A gradpath or official .pt checkpoint, fused, in eval mode."""
+
     def __init__(self, weights: str, device: torch.device, half: bool, compile: bool = False):
         from engine.checkpoint import load_model
 
@@ -66,11 +66,7 @@ class TorchBackend:
         if self.half:
             self.model.half()
         compile_model(self.model, compile)
-        config = ckpt.get("config", {})
-        self.names = list(config.get("names") or [str(i) for i in range(self.model.nc)])
-        self.category_ids = list(config.get("category_ids") or range(len(self.names)))
-        self.stride, self.device = int(max(self.model.stride)), device
-        self.default_size = int(config.get("img_size", 640))
+        self.meta, self.device = ModelMeta.of(ckpt, self.model), device
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor):
@@ -80,6 +76,7 @@ class TorchBackend:
 
 
 def load_backend(weights: str, device: torch.device, half: bool, compile: bool = False):
+    """The backend for a --weights path; every one has `meta` (ModelMeta) and is called on images."""
     if str(weights).endswith(".onnx"):
         return OnnxBackend(weights, device)
     return TorchBackend(weights, device, half, compile)

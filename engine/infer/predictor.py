@@ -33,7 +33,7 @@ LOG = logging.getLogger("gradpath.detect")
 class PredictOptions:
     weights: str
     source: str
-    img_size: int = 640
+    img_size: int | None = None  # None: the model's own (its training size)
     conf_thres: float = 0.25
     iou_thres: float = 0.45
     max_det: int = 300
@@ -150,6 +150,7 @@ class Predictor:
         self.device = select_device(opt.device, several=True)
         configure_cuda(self.device, fixed_shapes=is_stream(opt.source) or Path(opt.source).suffix.lower() in VIDEO_SUFFIXES)
         self.backend = load_backend(opt.weights, self.device, opt.half, opt.compile)
+        self.img_size = opt.img_size or self.backend.meta.img_size
         self.skips = SkipReport([])
 
     def input_shape(self, frame: Frame) -> tuple[int, int]:
@@ -157,14 +158,14 @@ class Predictor:
         the long side with the short side padded only to the next stride multiple, as the
         official detect.py does (square 640 batches matched 111 of its 246 dev32 detections)."""
         return getattr(self.backend, "fixed", None) or letterbox_shape(
-            frame.image.shape[:2], self.opt.img_size, auto=True, stride=self.backend.stride)[1]
+            frame.image.shape[:2], self.img_size, auto=True, stride=self.backend.meta.stride)[1]
 
     def preprocess(self, frames: list[Frame]) -> tuple[torch.Tensor, list]:
         """frames: all of one input_shape (see _batches)."""
         imgs, rps = [], []
         fixed = getattr(self.backend, "fixed", None)
         for f in frames:
-            img, rp = letterbox(f.image, fixed or self.opt.img_size, auto=not fixed, stride=self.backend.stride)
+            img, rp = letterbox(f.image, fixed or self.img_size, auto=not fixed, stride=self.backend.meta.stride)
             imgs.append(img[:, :, ::-1].transpose(2, 0, 1))
             rps.append(rp)
         x = torch.from_numpy(np.ascontiguousarray(np.stack(imgs))).to(self.device).float() / 255.0
@@ -190,7 +191,7 @@ class Predictor:
         opt = self.opt
         frames = open_source(opt.source, self.skips)  # raises SourceError before a run folder is made
         save_dir = new_run_dir(opt.project, opt.name, opt.exist_ok)
-        writers = Writers(save_dir, opt, self.backend.names, self.backend.category_ids)
+        writers = Writers(save_dir, opt, list(self.backend.meta.names), list(self.backend.meta.category_ids))
         t0 = time.perf_counter()
         bar = tqdm(desc="detect", unit="frame", bar_format="{l_bar}{n_fmt} [{elapsed}, {rate_fmt}]")
 

@@ -56,11 +56,11 @@ def lr_lambda(epochs: int, lrf: float, schedule: str = "cosine") -> Callable[[in
     raise ValueError(f"--lr-schedule {schedule}: must be one of cosine, linear, linear-yolov5")
 
 
-def warmup_iterations(hyp: dict, batches_per_epoch: int) -> int:
-    """Warmup length in batches: warmup_epochs of them, but at least warmup_min_iters, so that a
+def warmup_iterations(hyp, batches_per_epoch: int) -> int:
+    """hyp: engine.config.Hyp. Warmup length in batches: warmup_epochs of them, but at least warmup_min_iters, so that a
     short run on a small dataset (a fine-tune) still ramps its LR over as many optimizer steps
     as a long one does instead of reaching lr0 within a few steps."""
-    return max(round(hyp["warmup_epochs"] * batches_per_epoch), int(hyp["warmup_min_iters"]))
+    return max(round(hyp.warmup_epochs * batches_per_epoch), int(hyp.warmup_min_iters))
 
 
 def accumulation(it: int, n_warmup: int, accumulate: int) -> int:
@@ -71,14 +71,14 @@ def accumulation(it: int, n_warmup: int, accumulate: int) -> int:
     return max(1, round(float(np.interp(it, [0, n_warmup], [1, accumulate]))))
 
 
-def warmup(optimizer: torch.optim.Optimizer, it: int, n_warmup: int, epoch_factor: float, hyp: dict) -> None:
+def warmup(optimizer: torch.optim.Optimizer, it: int, n_warmup: int, epoch_factor: float, hyp) -> None:
     """Linear warmup over the first n_warmup iterations: the bias group falls from warmup_bias_lr,
     the others rise from 0, and momentum rises from warmup_momentum."""
     for j, group in enumerate(optimizer.param_groups):
-        start = hyp["warmup_bias_lr"] if j == 0 else 0.0
+        start = hyp.warmup_bias_lr if j == 0 else 0.0
         group["lr"] = float(np.interp(it, [0, n_warmup], [start, group["initial_lr"] * epoch_factor]))
         if "momentum" in group:
-            group["momentum"] = float(np.interp(it, [0, n_warmup], [hyp["warmup_momentum"], hyp["momentum"]]))
+            group["momentum"] = float(np.interp(it, [0, n_warmup], [hyp.warmup_momentum, hyp.momentum]))
         elif "betas" in group:
-            b1 = float(np.interp(it, [0, n_warmup], [hyp["warmup_momentum"], hyp["momentum"]]))
+            b1 = float(np.interp(it, [0, n_warmup], [hyp.warmup_momentum, hyp.momentum]))
             group["betas"] = (b1, group["betas"][1])

@@ -1,13 +1,15 @@
 """Training losses of the two heads, with named terms for logging.
 
-`build_criterion(hyp, kind, img_size)` -> a callable `criterion(outputs, batch) -> (loss, terms)`:
+`build_criterion(gains, kind, img_size)` -> a callable `criterion(outputs, batch) -> (loss, terms)`:
 `loss` is the gained sum times the batch size (the YOLOv5 convention the SGD recipe is tuned for);
 `terms` holds the detached, gained per-term values before that multiplication.
-Seg loss gain = hyp["seg"] * the box gain of the head (as YOLOv5 r6.2 seg does with its box gain); the
+Seg loss gain = gains.seg * the box gain of the head (as YOLOv5 r6.2 seg does with its box gain); the
 mask term is normalised as each head's reference does (anchor-based: YOLOv5-seg, per level and image;
 anchor-free: Ultralytics, over all positives).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +22,29 @@ from utils.structures import Batch, HeadOutput
 _DEFAULT_BALANCE = (4.0, 1.0, 0.25, 0.06, 0.02)  # P3..P7, used when the hyp's list has another length
 
 
-def _hyp(hyp: dict, key: str) -> float:
-    if key not in hyp:
-        raise KeyError(f"hyp: missing key '{key}' needed by the loss")
-    return hyp[key]
+@dataclass(frozen=True)
+class LossGains:
+    """The loss's hyperparameters (their meaning: cfg/hyp/hyp.scratch-high.yaml). Anchor-based:
+    box/cls/obj gains, BCE positive weights, the anchor shape-ratio threshold, per-level
+    objectness balance, focal gamma, label smoothing; anchor-free: box_af/cls_af/dfl gains and
+    the task-aligned assigner's top-k, alpha, beta; seg: the mask gain of both."""
+
+    box: float
+    cls: float
+    obj: float
+    cls_pw: float
+    obj_pw: float
+    anchor_t: float
+    obj_balance: tuple[float, ...]
+    fl_gamma: float
+    label_smoothing: float
+    box_af: float
+    cls_af: float
+    dfl: float
+    tal_topk: int
+    tal_alpha: float
+    tal_beta: float
+    seg: float
 
 
 def bce(logits: Tensor, target: Tensor, pos_weight: float = 1.0, gamma: float = 0.0) -> Tensor:
@@ -72,19 +93,17 @@ class AnchorLoss(Criterion):
 
     kind = "anchor"
 
-    def __init__(self, hyp: dict, img_size: int = 640):
-        self.hyp = {k: _hyp(hyp, k) for k in ("box", "cls", "obj", "cls_pw", "obj_pw", "anchor_t", "obj_balance",
-                                               "fl_gamma", "label_smoothing", "seg")}
-        self.img_size = img_size
+    def __init__(self, gains: LossGains, img_size: int = 640):
+        self.g, self.img_size = gains, img_size
 
     def _gains(self, nl: int, nc: int) -> dict[str, float]:
-        h, s = self.hyp, 3.0 / nl
-        box = h["box"] * s
-        return {"box": box, "obj": h["obj"] * (self.img_size / 640) ** 2 * s, "cls": h["cls"] * nc / 80 * s,
-                "seg": h["seg"] * box}
+        g, s = self.g, 3.0 / nl
+        box = g.box * s
+        return {"box": box, "obj": g.obj * (self.img_size / 640) ** 2 * s, "cls": g.cls * nc / 80 * s,
+                "seg": g.seg * box}
 
     def _balance(self, nl: int) -> list[float]:
-        bal = list(self.hyp["obj_balance"])
+        bal = list(self.g.obj_balance)
         return bal if len(bal) == nl else list(_DEFAULT_BALANCE[:nl])
 
     def terms(self, outputs: HeadOutput, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
@@ -107,14 +126,14 @@ class AnchorLoss(Criterion):
         and image the mean over that image's positives, summed, divided by the batch size."""
         nl, nc, dev = len(preds), outputs.nc, preds[0].device
         balance = self._balance(nl)
-        eps = self.hyp["label_smoothing"]
+        eps = self.g.label_smoothing
         cp, cn = 1.0 - 0.5 * eps, 0.5 * eps
         xywh = xyxy_to_xywh(batch.boxes.float().to(dev))
         lbox, lobj, lcls, lseg = (torch.zeros((), device=dev) for _ in range(4))
         for i, p in enumerate(preds):
             stride = float(outputs.strides[i])
             m = match_anchors(xywh / stride, batch.batch_idx.to(dev), outputs.anchors[i].float().to(dev) / stride,
-                              tuple(p.shape[2:4]), self.hyp["anchor_t"])
+                              tuple(p.shape[2:4]), self.g.anchor_t)
             tobj = torch.zeros(p.shape[:4], device=dev)
             if len(m.target):
                 ps = p[m.image, m.anchor_idx, m.gj, m.gi]  # (N, 5+nc+nm)
@@ -127,11 +146,11 @@ class AnchorLoss(Criterion):
                 tobj.view(-1).scatter_reduce_(0, flat, iou.detach().clamp(min=0), reduce="amax")
                 tcls = torch.full((len(ps), nc), cn, device=dev)
                 tcls[torch.arange(len(ps), device=dev), batch.classes.to(dev)[m.target]] = cp
-                lcls = lcls + bce(ps[:, 5:5 + nc], tcls, self.hyp["cls_pw"], self.hyp["fl_gamma"]).mean()
+                lcls = lcls + bce(ps[:, 5:5 + nc], tcls, self.g.cls_pw, self.g.fl_gamma).mean()
                 if with_masks:
                     per = _seg_losses(outputs, batch, ps[:, 5 + nc:], m.image, m.target)
                     lseg = lseg + _per_image_mean(per, m.image, p.shape[0]).sum()
-            lobj = lobj + bce(p[..., 4], tobj, self.hyp["obj_pw"], self.hyp["fl_gamma"]).mean() * balance[i]
+            lobj = lobj + bce(p[..., 4], tobj, self.g.obj_pw, self.g.fl_gamma).mean() * balance[i]
         return lbox, lobj, lcls, lseg / preds[0].shape[0]
 
 
@@ -147,9 +166,9 @@ class AnchorFreeLoss(Criterion):
 
     kind = "anchor_free"
 
-    def __init__(self, hyp: dict):
-        self.hyp = {k: _hyp(hyp, k) for k in ("box_af", "cls_af", "dfl", "seg")}
-        self.assigner = TaskAlignedAssigner(_hyp(hyp, "tal_topk"), _hyp(hyp, "tal_alpha"), _hyp(hyp, "tal_beta"))
+    def __init__(self, gains: LossGains):
+        self.g = gains
+        self.assigner = TaskAlignedAssigner(gains.tal_topk, gains.tal_alpha, gains.tal_beta)
 
     def terms(self, outputs: HeadOutput, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
         preds = [p.float() for p in outputs.preds]
@@ -170,14 +189,14 @@ class AnchorFreeLoss(Criterion):
             a_idx = t.fg.nonzero()[:, 1]  # anchor of each positive
             target_dist = bbox_to_dist(points[a_idx], t.boxes[t.fg]) / steps[a_idx]
             ldfl = (dfl_loss(dist_logits[t.fg], target_dist.clamp(0, r - 1 - 0.01)) * w).sum() / norm
-        out = {"box": lbox * self.hyp["box_af"], "cls": lcls * self.hyp["cls_af"], "dfl": ldfl * self.hyp["dfl"]}
+        out = {"box": lbox * self.g.box_af, "cls": lcls * self.g.cls_af, "dfl": ldfl * self.g.dfl}
         if outputs.proto is not None:  # the mean over all positives, as Ultralytics' anchor-free seg loss
             per = outputs.proto.new_zeros(0)
             if t.fg.any():
                 imgs = torch.arange(b, device=dev)[:, None].expand(-1, t.fg.shape[1])[t.fg]
                 per = _seg_losses(outputs, batch, coef[t.fg], imgs, gt_index.gather(1, t.target)[t.fg])
             lseg = per.float().mean() if len(per) else per.new_zeros(())
-            out["seg"] = lseg * self.hyp["seg"] * self.hyp["box_af"]
+            out["seg"] = lseg * self.g.seg * self.g.box_af
         return out, _zero_touch(outputs, preds)
 
 
@@ -263,10 +282,10 @@ def mask_losses(coef: Tensor, proto: Tensor, img: Tensor, tgt: Tensor, masks: Te
     return out
 
 
-def build_criterion(hyp: dict, kind: str, img_size: int = 640) -> Criterion:
-    """hyp: the hyp YAML as a dict; kind: "anchor" or "anchor_free"; img_size scales the obj gain."""
+def build_criterion(gains: LossGains, kind: str, img_size: int = 640) -> Criterion:
+    """kind: "anchor" or "anchor_free"; img_size scales the obj gain."""
     if kind == "anchor":
-        return AnchorLoss(hyp, img_size)
+        return AnchorLoss(gains, img_size)
     if kind == "anchor_free":
-        return AnchorFreeLoss(hyp)
+        return AnchorFreeLoss(gains)
     raise ValueError(f"losses: unknown head kind '{kind}' (expected 'anchor' or 'anchor_free')")

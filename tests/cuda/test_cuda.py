@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BUNDLED, ROOT, write_subset
+from conftest import BUNDLED, ROOT, ema_of, write_subset
 from data.config import load_data_config
 from data.loader import build_dataloader
 from engine.device import amp_precision
@@ -28,7 +28,7 @@ from benchmarks.harness.speed import mosaic_batches
 from models.loss.losses import build_criterion
 from models.model import build_model
 from utils.io import load_checkpoint
-from engine.config import load_hyp
+from engine.config import Hyp
 from utils.dist import select_device
 
 pytestmark = pytest.mark.cuda
@@ -92,7 +92,7 @@ def _loss_and_grad(model, batch, device, precision):
     b = batch.to(device)
     with precision.autocast(device):
         outputs = model(b.images.float() / 255)
-    loss, terms = build_criterion(load_hyp(), model.head.kind, b.images.shape[-1])(outputs, b)
+    loss, terms = build_criterion(Hyp.load().loss_gains(), model.head.kind, b.images.shape[-1])(outputs, b)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grad = torch.cat([p.grad.float().flatten().cpu() for p in model.parameters()])
@@ -126,7 +126,7 @@ def test_failure_non_finite_amp_loss_skips_the_step_as_on_cpu(make_trainer):
     were (tests/test_device.py checks the same on the CPU with an infinite weight)."""
     trainer = make_trainer("anchor", device="0")
     assert trainer.precision.scaled
-    batch = next(iter(trainer.train_loader))
+    batch = next(iter(trainer.loader))
     conv = trainer.model.layers[0].conv
     sane = conv.weight.detach().clone()
     with torch.no_grad():
@@ -136,13 +136,13 @@ def test_failure_non_finite_amp_loss_skips_the_step_as_on_cpu(make_trainer):
         loss32, _ = trainer.criterion(trainer.model(b.images.float() / 255), b)
     assert torch.isfinite(loss32)
     state, scale = copy.deepcopy(trainer.model.state_dict()), trainer.scaler.get_scale()
-    assert trainer.train_step(batch, 0, 1) == {} and trainer.skipped_steps == 1
+    assert trainer.train_step(batch, 0) == {} and trainer.skipped_steps == 1
     after = trainer.model.state_dict()
     assert [k for k in state if not torch.equal(state[k], after[k])] == []
-    assert trainer.scaler.get_scale() == scale and trainer.ema.updates == 0 and not trainer.optimizer.state
+    assert trainer.scaler.get_scale() == scale and ema_of(trainer).updates == 0 and not trainer.optimizer.state
     with torch.no_grad():
         conv.weight.copy_(sane)
-    assert trainer.train_step(batch, 0, 1) and trainer.bad_steps == 0 and trainer.ema.updates == 1
+    assert trainer.train_step(batch, 0) and trainer.bad_steps == 0 and ema_of(trainer).updates == 1
 
 
 def test_failure_out_of_memory_ends_in_one_line_and_the_run_folder_stays_usable(work):
@@ -175,8 +175,8 @@ def test_torchrun_one_process_nccl_sync_bn_two_steps(work, small_cfg):
 
 
 def test_pinned_batches_reach_the_gpu_without_blocking():
-    loader, _ = build_dataloader(load_data_config(ROOT / "cfg/data/coco-mini.yaml"), "train", 256, 4, load_hyp(),
-                                 augment=True, workers=2, pin_memory=True)
+    loader, _ = build_dataloader(load_data_config(ROOT / "cfg/data/coco-mini.yaml"), "train", 256, 4,
+                                 Hyp.load().augment(), workers=2, pin_memory=True)
     batch = next(iter(loader))
     assert batch.images.is_pinned() and batch.masks.is_pinned() and batch.boxes.is_pinned()
     moved = batch.to(GPU, non_blocking=True)

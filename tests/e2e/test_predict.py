@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from engine.infer.predictor import PredictOptions, Predictor
 from engine.infer.sources import SourceError
 from models.model import build_model
 from utils.io import save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "datasets/coco-mini/images"
 LOW = {"conf_thres": 0.001, "max_det": 5}  # a random model: keep a few detections
 
@@ -119,7 +119,7 @@ def test_each_image_is_letterboxed_to_its_own_rectangle(weights):
         for k, f in enumerate(group):
             x1, rp1 = pred.preprocess([f])
             assert torch.equal(x[k], x1[0]) and rps[k] == rp1[0]
-    pred.opt.img_size = 128
+    pred.img_size = 128
     assert len(pred.infer(frames)) == len(frames)  # mixed shapes in one call run shape by shape
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import ROOT
 from utils.io import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -127,6 +127,22 @@ def test_resume_after_sigkill_mid_epoch_finishes(tmp_path):
     ckpt = load_checkpoint(last)
     assert ckpt["epoch"] == 11 and (tmp_path / "runs/exp/weights/best.pt").is_file()
     assert not (tmp_path / "runs/exp2").exists()
+
+
+def test_a_run_saved_before_the_layout_change_resumes_with_its_own_hyp(tmp_path):
+    """A format-1 last.pt (tests/fixtures) resumes to its end; its hyp file is gone, and the
+    weight decay it saved after scaling is scaled once, not twice."""
+    import shutil
+
+    last = tmp_path / "runs/old/weights/last.pt"
+    last.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "tests/fixtures/checkpoint-format1-tiny.pt", last)
+    r = _train(["--resume", str(last), "--workers", "0", "--device", "cpu"], cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = load_checkpoint(last)
+    assert ckpt["epoch"] == 1 and ckpt["version"] == 2
+    assert ckpt["config"]["hyp"]["weight_decay"] == pytest.approx(0.0005)  # the hyp file's value
+    assert ckpt["optimizer"]["param_groups"][1]["weight_decay"] == pytest.approx(0.0004)  # 0.0005 x 8 x 2 / 20
 
 
 def test_two_process_gloo_ddp_saves_once(tmp_path):

@@ -10,8 +10,9 @@ import zipfile
 import pytest
 import torch
 
+from conftest import ROOT
 from utils.errors import CheckpointError
-from utils.io import atomic_write_text, load_checkpoint, save_checkpoint
+from utils.io import FORMAT_VERSION, atomic_write_text, load_checkpoint, save_checkpoint
 
 
 class _RunsCode:
@@ -86,3 +87,32 @@ def test_atomic_text(tmp_path):
     p = atomic_write_text(tmp_path / "a" / "r.json", "{}")
     assert p.read_text() == "{}"
     assert zipfile.is_zipfile(save_checkpoint({"model": {}}, tmp_path / "z.pt"))
+
+
+# written by train.py before the layout change (checkpoint format 1): a width-0.125 gp-n-seg after
+# epoch 1 of 2 at batch 8 with nominal_batch 20, so its saved hyp holds the weight decay scaled by
+# 8 x 2 / 20 (0.0004 for the file's 0.0005)
+FORMAT1 = ROOT / "tests/fixtures/checkpoint-format1-tiny.pt"
+
+
+def test_a_checkpoint_written_before_the_layout_change_loads_and_resumes_its_config():
+    from engine.checkpoint import ModelMeta, model_from_checkpoint
+    from engine.config import RunConfig
+
+    ckpt = load_checkpoint(FORMAT1)
+    assert ckpt["version"] == 1 and ckpt["epoch"] == 0
+    model = model_from_checkpoint(ckpt, FORMAT1)  # strict: every tensor in place
+    meta = ModelMeta.of(ckpt, model)
+    assert (meta.img_size, meta.stride, meta.task, len(meta.names)) == (64, 32, "segment", 80)
+    assert ckpt["config"]["hyp"]["weight_decay"] == pytest.approx(0.0004)
+    config = RunConfig.from_saved(ckpt["config"], str(FORMAT1), ckpt["version"])
+    assert config.hyp.weight_decay == pytest.approx(0.0005)  # unscaled: the run scales it once, as before
+    assert config.effective_weight_decay == pytest.approx(0.0004)
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path):
+    ckpt = load_checkpoint(FORMAT1)
+    save_checkpoint({**ckpt, "version": FORMAT_VERSION + 1}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match=rf"new.pt: written by a newer gradpath \(checkpoint format "
+                                              rf"{FORMAT_VERSION + 1}; this one reads formats up to {FORMAT_VERSION}\)"):
+        load_checkpoint(tmp_path / "new.pt")

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT
@@ -23,7 +24,8 @@ from data.images import ImageReader, resized_shape
 from data.label_index import LabelIndex
 from data.loader import EpochBatchSampler, build_dataloader, collate, to_tensors
 from utils.errors import ConfigError
-from engine.config import load_hyp
+from engine.config import Hyp
+from utils.geometry import input_to_orig
 from utils.masks import polygons_to_mask
 from utils.structures import Sample
 
@@ -72,14 +74,14 @@ def test_coco_and_yolo_give_same_boxes(shared_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def train_set():
-    _, ds = build_dataloader(load_data_config(MINI), "train", 256, 4, load_hyp(), augment=True)
+    _, ds = build_dataloader(load_data_config(MINI), "train", 256, 4, Hyp.load().augment())
     return ds
 
 
 def test_every_augmentation_keeps_boxes_on_masks(train_set):
     random.seed(1)
     np.random.seed(1)
-    hyp = {**load_hyp(), "degrees": 10.0, "shear": 3.0, "perspective": 0.0005}
+    hyp = Hyp.load().replace(degrees=10.0, shear=3.0, perspective=0.0005).augment()
     samples = [train_set.load_sample(i) for i in range(4)]
     ops = {
         "perspective": lambda: random_perspective(samples[0], (256, 256), 10, 0.1, 0.5, 3, 0.0005),
@@ -97,7 +99,7 @@ def test_every_augmentation_keeps_boxes_on_masks(train_set):
 
 
 def test_batches_follow_the_contract(train_set):
-    loader, _ = build_dataloader(load_data_config(MINI), "train", 256, 4, load_hyp(), augment=True, shuffle=True)
+    loader, _ = build_dataloader(load_data_config(MINI), "train", 256, 4, Hyp.load().augment(), shuffle=True)
     b = next(iter(loader))
     assert b.images.dtype.is_floating_point is False and tuple(b.images.shape) == (4, 3, 256, 256)
     assert b.masks.shape == (len(b.classes), 64, 64) and b.boxes.shape == (len(b.classes), 4)
@@ -109,14 +111,23 @@ def test_batches_follow_the_contract(train_set):
             assert xs.min() >= x1 - 1.5 and xs.max() <= x2 + 0.5 and ys.min() >= y1 - 1.5 and ys.max() <= y2 + 0.5
 
 
-def test_letterbox_inverse_mapping():
+def test_letterbox_and_its_inverse_put_boxes_back_on_the_image():
+    """letterbox's ratio_pad and utils.geometry.input_to_orig (the path every prediction takes
+    back to the original image) against hand-computed values, and on a drawn rectangle: found in
+    the letterboxed image and mapped back, it lands where it was drawn."""
     img = np.zeros((427, 640, 3), np.uint8)
-    out, ((sx, sy), (px, py)) = letterbox(img, 320)
-    assert out.shape == (320, 320, 3)
-    pts = np.array([[0, 0], [639, 426], [100.5, 200.25]])
-    back = ((pts * [sx, sy] + [px, py]) - [px, py]) / [sx, sy]
-    assert np.allclose(back, pts)
-    assert abs(427 * sy + 2 * py - 320) <= 1
+    img[100:301, 40:441] = 255  # the box [40, 100, 441, 301] in pixel-edge coordinates
+    out, rp = letterbox(img, 320)
+    # 640 -> 320: scale 0.5; 427 rows -> round(213.5) = 214 (ratio 214/427), 106 rows of padding: 53 each side
+    assert out.shape == (320, 320, 3) and rp == ((0.5, 214 / 427), (0.0, 53.0))
+    boxes = torch.tensor([[10.0, 60.0, 110.0, 160.0], [-5.0, 0.0, 330.0, 400.0]])
+    back = input_to_orig(boxes, rp, (427, 640))
+    # x / 0.5; (y - 53) * 427 / 214; the second box reaches into the padding: clipped to 640 x 427
+    assert torch.allclose(back, torch.tensor([[20.0, 7 * 427 / 214, 220.0, 213.5], [0.0, 0.0, 640.0, 427.0]]))
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    found = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+    drawn = torch.tensor([[40.0, 100.0, 441.0, 301.0]])
+    assert (input_to_orig(found, rp, (427, 640)) - drawn).abs().max() <= 2.0  # 1 input pixel = 2 here
 
 
 @pytest.mark.parametrize("hw, new_shape, kw, out_hw, ratio, pad, top_left", [
@@ -171,7 +182,7 @@ def test_val_rect_batches_and_metadata():
 
 def test_rect_batch_shapes_by_split():
     """Training --rect batches are not padded beyond the stride multiple; validation ones are."""
-    train = build_dataloader(load_data_config(MINI), "val", 320, 4, load_hyp(), augment=True, rect=True)[1]
+    train = build_dataloader(load_data_config(MINI), "val", 320, 4, Hyp.load().augment(), rect=True)[1]
     val = build_dataloader(load_data_config(MINI), "val", 320, 4, rect=True)[1]
     assert {tuple(s) for s in train.batch_shapes} == {(256, 320), (320, 320)}
     assert {tuple(s) for s in val.batch_shapes} == {(256, 352), (352, 352)}
@@ -299,7 +310,7 @@ def test_warp_moves_image_exactly_as_labels(M):
 def test_mosaic_labels_lie_on_image_pixels():
     """Zoomed-out mosaics show grey beyond the canvas; labels of images cropped at the canvas edge
     must stop there too (every mask pixel is on its image's colour, never on the grey)."""
-    hyp = {**load_hyp(), "scale": 0.9, "degrees": 0.0, "shear": 0.0, "perspective": 0.0}
+    hyp = Hyp.load().replace(scale=0.9, degrees=0.0, shear=0.0, perspective=0.0).augment()
     random.seed(3)
     checked = 0
     for _ in range(40):
@@ -315,7 +326,7 @@ def test_mosaic_labels_lie_on_image_pixels():
 
 def test_mosaic_reads_only_the_tiles_it_shows():
     samples = [_uniform_sample(v, image_id=v) for v in (40, 90, 160, 220)]
-    hyp = {**load_hyp(), "scale": 0.9}
+    hyp = Hyp.load().replace(scale=0.9).augment()
     reads = []
     for seed in range(30):
         random.seed(seed)
@@ -343,10 +354,10 @@ def test_epoch_batch_sampler_splits_ranks_and_reshuffles():
 def test_close_mosaic_reaches_persistent_workers(train_set, monkeypatch):
     """Mosaic closes at an epoch boundary even though the 2 workers were forked before it."""
     loader, ds = build_dataloader(load_data_config(MINI), "train", 256, 4,
-                                  {**load_hyp(), "mosaic": 1.0, "mixup": 0.0}, augment=True, shuffle=True, workers=2)
+                                  Hyp.load().replace(mosaic=1.0, mixup=0.0).augment(), shuffle=True, workers=2)
     marker = _uniform_sample(7, (256, 256), image_id=-1)
     monkeypatch.setattr(ds, "_mosaic", lambda i: marker)
-    ds.mosaic_epochs = 1
+    loader.set_mosaic_epochs(1)
     first = [i for b in loader for i in b.image_ids]
     second = [i for b in loader for i in b.image_ids]
     assert len(first) == len(second) == len(ds)
@@ -380,7 +391,7 @@ def test_mosaic_of_tiny_images_that_the_output_may_miss():
     """Tiles a few pixels wide often lie outside what the perspective keeps: an empty mosaic then,
     not an error."""
     random.seed(0)
-    hyp = {**load_hyp(), "scale": 0.5, "translate": 0.3}
+    hyp = Hyp.load().replace(scale=0.5, translate=0.3).augment()
     sizes = set()
     for _ in range(50):
         s = mosaic4([_uniform_sample(v, (6, 8)) for v in (40, 90, 160, 220)], 320, hyp)
@@ -500,7 +511,7 @@ def test_rect_training_batches_take_their_shapes():
     """--rect for training: no mosaic, each image letterboxed to its batch's rectangle (the loader
     used to ignore the shapes and train square)."""
     random.seed(0)
-    loader, ds = build_dataloader(load_data_config(MINI), "train", 256, 4, load_hyp(), augment=True, rect=True)
+    loader, ds = build_dataloader(load_data_config(MINI), "train", 256, 4, Hyp.load().augment(), rect=True)
     assert not ds.mosaic
     shapes = set()
     for b, batch in enumerate(loader):
@@ -553,7 +564,7 @@ def test_mosaic_judges_a_cut_object_by_what_its_tile_shows(monkeypatch):
     the tile at 0, visible 32..38. The official recipe compares the 6 px seen with the 38 px the
     mosaic showed (0.16 > 0.1: kept); compared with the uncut 70 px (0.09) it would be lost."""
     monkeypatch.setattr(random, "uniform", lambda a, b: (a + b) / 2)
-    hyp = {**load_hyp(), "scale": 0.0, "translate": 0.0, "degrees": 0.0, "shear": 0.0, "perspective": 0.0}
+    hyp = Hyp.load().replace(scale=0.0, translate=0.0, degrees=0.0, shear=0.0, perspective=0.0).augment()
     first = Sample(np.full((96, 96, 3), 50, np.uint8), np.float32([[0, 70, 70, 90]]), np.array([3]),
                    [_rect(0, 70, 70, 90)], 0, "a.jpg", (96, 96))
     rest = [Sample(np.full((64, 64, 3), v, np.uint8), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), [], v,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import train
+from conftest import ema_of
 from engine.device import (CHANNELS_LAST, Precision, amp_precision, compile_model, configure_cuda,
                            is_out_of_memory, memory_format, out_of_memory_message)
 from utils.dist import DistInfo, select_device
@@ -174,7 +175,7 @@ def test_out_of_memory_ends_train_py_in_one_line_and_the_run_folder_stays_usable
                                                                                   monkeypatch):
     import yaml
 
-    import engine.train.trainer
+    import engine.train.build
 
     cfg = tmp_path / "m.yaml"
     cfg.write_text(yaml.safe_dump(small_cfg("anchor")))
@@ -187,7 +188,7 @@ def test_out_of_memory_ends_train_py_in_one_line_and_the_run_folder_stays_usable
         return raise_oom
 
     with monkeypatch.context() as m:
-        m.setattr(engine.train.trainer, "build_criterion", oom_criterion)
+        m.setattr(engine.train.build, "build_criterion", oom_criterion)
         assert train.main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -200,15 +201,13 @@ def test_out_of_memory_ends_train_py_in_one_line_and_the_run_folder_stays_usable
     assert (run / "weights/last.pt").is_file()
 
 
-def test_a_non_oom_runtime_error_is_not_disguised(make_trainer, monkeypatch):
-    import engine.train.trainer
-
+def test_a_non_oom_runtime_error_is_not_disguised(make_trainer):
     trainer = make_trainer("anchor")
 
     def broken(*a, **k):
         raise RuntimeError("shape mismatch in the head")
 
-    monkeypatch.setattr(engine.train.trainer, "build_criterion", lambda *a, **k: broken)
+    trainer.criterion = broken
     with pytest.raises(RuntimeError, match="^shape mismatch in the head$"):
         trainer.fit()
 
@@ -220,7 +219,7 @@ def test_a_non_finite_loss_skips_the_step_and_leaves_the_model_as_it_was(make_tr
     the loss non-finite: no parameter, BatchNorm statistic, optimizer or EMA state may move,
     and the next sane batch trains."""
     trainer = make_trainer(kind)
-    batch = next(iter(trainer.train_loader))
+    batch = next(iter(trainer.loader))
     conv = trainer.model.layers[0].conv
     sane = conv.weight.detach().clone()
     with torch.no_grad():
@@ -231,7 +230,7 @@ def test_a_non_finite_loss_skips_the_step_and_leaves_the_model_as_it_was(make_tr
     moved = [k for k in state if not torch.equal(state[k], after[k]) and not (
         state[k].is_floating_point() and torch.isnan(state[k]).all() and torch.isnan(after[k]).all())]
     assert not moved, f"a skipped step changed {moved[:5]}"
-    assert trainer.ema.updates == 0 and not trainer.optimizer.state
+    assert ema_of(trainer).updates == 0 and not trainer.optimizer.state
     with torch.no_grad():
         conv.weight.copy_(sane)
     terms = trainer.train_step(batch, 0)

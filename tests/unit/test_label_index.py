@@ -1,12 +1,11 @@
 """The label index at scale: categories read without parsing the JSON, the vectorised instance
-checks against hand-computed cases, the YOLO process pool against the serial path, cache stamps,
-the builder recorded, and the YOLO split's COCO JSON kept while its index is unchanged."""
+checks against hand-computed cases, the YOLO process pool against the serial path, the builder
+recorded in the cache, and no COCO JSON written for a YOLO training split."""
 from __future__ import annotations
 
 import json
 import logging
 import os
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,8 +16,11 @@ import yaml
 from conftest import BUNDLED
 from data.coco_categories import read_categories
 from data.config import load_data_config
-from data.datasets import index_cache, load_index, read_yolo, write_coco_json
-from data.label_index import RawInstances, check_instances, folder_stamp, source_stamp
+from data.datasets import index_cache, load_index, read_yolo
+from data.label_index import Findings, RawInstances, check_instances
+from data.loader import build_dataset
+from data.splits import list_images
+from engine.config import Hyp
 from utils.dist import DistInfo, from_local_leader
 
 CATS = [{"id": 3, "name": "car"}, {"id": 1, "name": "person"}]
@@ -61,17 +63,21 @@ def test_instance_checks_by_hand(caplog):
     poly_b = [[90, 10], [120, 10], [120, 20]]
     poly_e = [[30, 30], [np.nan, 35], [40, 40]]
     points = np.array(poly_a + poly_b + [[1, 1]] * 3 + [[1, 1]] * 3 + poly_e, np.float32)
-    raw = RawInstances(np.zeros(6, np.int64), boxes, np.arange(6), np.array([3, 3, 3, 3, 3, 0]), points)
-    counts = Counter()
+    raw = RawInstances(np.zeros(6, np.int64), boxes, np.arange(6), np.array([3, 3, 3, 3, 3, 0]), points,
+                       np.arange(6))
+    findings = Findings()
     with caplog.at_level(logging.WARNING):
-        out = check_instances(raw, np.array([[50, 100]]), counts, lambda j: f"row {j}")
+        out, found = check_instances(raw, np.array([[50, 100]]), lambda j: f"row {j}", raw.keys)
+        findings.extend_in_order(found[::-1])  # found kind by kind: added in label order
     assert out.classes.tolist() == [0, 1, 4, 5]
-    assert counts == Counter(bad_labels=2, fixed=2)
+    assert findings.counts == Counter(bad_labels=2, fixed=2)
+    assert [e.split(":")[0] for e in findings.examples["bad_labels"]] == ["row 2", "row 3"]
     assert out.boxes.tolist() == [[10, 10, 20, 20], [90, 10, 100, 20], [30, 30, 40, 40], [50, 5, 60, 15]]
     assert out.seg_lens.tolist() == [3, 3, 4, 4]
     assert out.points[:6].tolist() == poly_a + [[90, 10], [100, 10], [100, 20]]
     assert out.points[6:].tolist() == [[30, 30], [40, 30], [40, 40], [30, 40], [50, 5], [60, 5], [60, 15], [50, 15]]
     assert "row 2: box" in caplog.text and "row 3: non-finite box" in caplog.text and "row 4: polygon" in caplog.text
+    assert "row 1" not in caplog.text  # a clipped box is counted as fixed, not logged
 
 
 def _yolo_copy(tmp_path: Path) -> Path:
@@ -96,46 +102,29 @@ def _yolo_copy(tmp_path: Path) -> Path:
 
 def test_yolo_process_pool_gives_the_serial_index(tmp_path, monkeypatch, caplog):
     cfg = load_data_config(_yolo_copy(tmp_path))
-    spec = cfg.splits["train"]
-    serial = read_yolo(spec, cfg.nc, workers=1)
+    listing = list_images(cfg.splits["train"])
+    serial = read_yolo(listing, cfg.nc, workers=1)
     monkeypatch.setattr("data.datasets.POOL_MIN_FILES", 1)
     with caplog.at_level(logging.WARNING):
-        pooled = read_yolo(spec, cfg.nc, workers=2)  # 32 images in runs over two forked processes
+        pooled = read_yolo(listing, cfg.nc, workers=2)  # 32 images in runs over two forked processes
     for k in ("files", "image_ids", "shapes", "inst_offsets", "boxes", "classes", "seg_offsets", "points"):
         assert np.array_equal(getattr(serial, k), getattr(pooled, k)), k
     assert serial.counts == pooled.counts and pooled.counts["bad_labels"] == 2
-    assert "000000000790.txt:2: class 99 out of range" in caplog.text  # a worker's warning, logged here
+    assert serial.examples == pooled.examples
+    assert "000000000790.txt:2: class 99 out of range" in caplog.text  # a worker's finding, logged here
 
 
-def test_stamps_follow_size_and_mtime(tmp_path):
-    folder = tmp_path / "labels"
-    folder.mkdir()
-    (folder / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
-    first, listing = source_stamp([folder / "a.txt"]), folder_stamp(folder)
-    assert source_stamp([folder / "a.txt"]) == first and folder_stamp(folder) == listing
-    (folder / "b.txt").write_text("")
-    assert folder_stamp(folder) != listing  # a file added
-    listing = folder_stamp(folder)
-    os.utime(folder / "a.txt", ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert source_stamp([folder / "a.txt"]) != first and folder_stamp(folder) != listing  # touched
-
-
-def test_the_builder_is_recorded_and_the_yolo_coco_json_reused(tmp_path):
+def test_the_builder_is_recorded_and_a_yolo_training_set_writes_no_coco_json(tmp_path):
     cfg = load_data_config(_yolo_copy(tmp_path))
     index = load_index(cfg, "train")
     assert index.built_by["pid"] == os.getpid() and index.built_by["rank"] == -1
-    cache = index_cache(cfg, cfg.splits["train"])[0]
-    with np.load(cache) as z:
+    with np.load(index_cache(cfg.splits["train"])) as z:
         assert json.loads(str(z["meta"]))["built_by"] == index.built_by
-    out = tmp_path / "labels.coco.json"
-    write_coco_json(index, cfg.names, out)
-    written = out.stat().st_mtime_ns
-    write_coco_json(load_index(cfg, "train"), cfg.names, out)  # the same index, from the cache
-    assert out.stat().st_mtime_ns == written
-    (tmp_path / "labels/000000000790.txt").write_text("0 0.5 0.5 0.3 0.3\n")
-    write_coco_json(load_index(cfg, "train"), cfg.names, out)
-    assert out.stat().st_mtime_ns != written
-    assert json.loads(out.read_text())["annotations"]
+    assert load_index(cfg, "train").built_by == index.built_by  # from the cache
+    train = build_dataset(cfg, "train", 64, 2, Hyp.load().augment())
+    assert train.ann_file is None and not list(tmp_path.glob("*.coco.json"))
+    val = build_dataset(cfg, "train", 64, 2)  # scored: it gets the derived ground truth
+    assert val.ann_file.is_file() and json.loads(val.ann_file.read_text())["annotations"]
 
 
 def test_outside_torchrun_the_work_is_done_here():

@@ -7,7 +7,7 @@ from torch import nn
 
 from engine.train.ema import ModelEMA
 from engine.train.optim import accumulation, build_optimizer, lr_lambda, parameter_groups, warmup, warmup_iterations
-from engine.config import load_hyp
+from engine.config import Hyp, RunConfig, TrainOptions
 
 
 class _Implicit(nn.Module):
@@ -55,7 +55,7 @@ def test_schedules_fall_from_one_towards_lrf():
 
 
 def test_a_run_saved_before_lr_schedule_resumes_with_its_schedule():
-    from engine.config import TrainOptions, saved_options
+    from engine.config import saved_options
 
     assert TrainOptions(**saved_options({"epochs": 5, "linear_lr": True})).lr_schedule == "linear"
     assert TrainOptions(**saved_options({"epochs": 5, "linear_lr": False})).lr_schedule == "cosine"
@@ -63,12 +63,12 @@ def test_a_run_saved_before_lr_schedule_resumes_with_its_schedule():
 
 
 def test_warmup_lasts_at_least_the_minimum_on_tiny_datasets():
-    hyp = load_hyp()
-    assert hyp["warmup_min_iters"] == 100  # YOLOv5's minimum
+    hyp = Hyp.load()
+    assert hyp.warmup_min_iters == 100  # YOLOv5's minimum
     assert warmup_iterations(hyp, 8) == 100  # coco128 at batch 16: 3 epochs would be 24 batches
     assert warmup_iterations(hyp, 1000) == 3000
-    assert warmup_iterations({**hyp, "warmup_epochs": 0.0}, 8) == 100
-    assert warmup_iterations({**hyp, "warmup_epochs": 0.0, "warmup_min_iters": 0}, 8) == 0
+    assert warmup_iterations(hyp.replace(warmup_epochs=0.0), 8) == 100
+    assert warmup_iterations(hyp.replace(warmup_epochs=0.0, warmup_min_iters=0), 8) == 0
 
 
 def test_accumulation_ramps_to_the_nominal_batch_over_the_warmup():
@@ -78,12 +78,12 @@ def test_accumulation_ramps_to_the_nominal_batch_over_the_warmup():
 
 
 def test_warmup_ramps_lr_and_momentum():
-    hyp = load_hyp()
-    opt = build_optimizer(_net(), "SGD", 0.01, hyp["momentum"], 5e-4)
+    hyp = Hyp.load()
+    opt = build_optimizer(_net(), "SGD", 0.01, hyp.momentum, 5e-4)
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]
     warmup(opt, 0, 100, 1.0, hyp)
-    assert opt.param_groups[0]["lr"] == pytest.approx(hyp["warmup_bias_lr"])
+    assert opt.param_groups[0]["lr"] == pytest.approx(hyp.warmup_bias_lr)
     assert opt.param_groups[1]["lr"] == 0.0 and opt.param_groups[1]["momentum"] == pytest.approx(0.8)
     warmup(opt, 100, 100, 1.0, hyp)
     assert all(g["lr"] == pytest.approx(0.01) for g in opt.param_groups)
@@ -103,37 +103,30 @@ def test_ema_tracks_the_model():
 
 
 def _stepping_trainer(batches_per_epoch: int, accumulate: int, n_warmup: int):
-    """The real Trainer's epoch loop over a one-weight model and a loader of constant batches, whose
-    loss has gradient 1 per batch: each optimizer step records the gradient it was given."""
-    from types import SimpleNamespace
-
-    from engine.device import Precision
-    from engine.train.trainer import NormStats, Trainer
-    from utils.dist import DistInfo
+    """The real Trainer built from a one-weight model, a loader of constant batches and a config
+    whose nominal batch makes `accumulate` batches per step; the loss has gradient 1 per batch,
+    so each optimizer step records how many batches it summed."""
+    from engine.train.hooks import Hook
+    from engine.train.trainer import Trainer
     from utils.structures import Batch
 
-    t = Trainer.__new__(Trainer)
-    t.model = nn.Linear(1, 1, bias=False)
-    t.optimizer = torch.optim.SGD(t.model.parameters(), lr=0.0)
-    for g in t.optimizer.param_groups:
-        g["initial_lr"] = 0.0
+    model = nn.Linear(1, 1, bias=False)
+    model.forward = lambda images: model.weight.sum() + 0 * images.sum()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     steps = []
-    step = t.optimizer.step
-    t.optimizer.step = lambda *a, **k: (steps.append(float(t.model.weight.grad)), step(*a, **k))[1]
+
+    class RecordGradient(Hook):
+        def before_optimizer_step(self, trainer):
+            steps.append(float(model.weight.grad))
     empty = torch.zeros(0, dtype=torch.int64)
     batch = Batch(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), empty, empty, torch.zeros(0, 4),
                   torch.zeros(0, 1, 1, dtype=torch.uint8), [0], [""], [(4, 4)], [((1.0, 1.0), (0.0, 0.0))])
-    t.train_loader = [batch] * batches_per_epoch
-    t.criterion = lambda out, b: (out.sum(), {"loss": out.sum().detach()})
-    t.model.forward = lambda images: t.model.weight.sum() + 0 * images.sum()
-    t.opt = SimpleNamespace(epochs=10, multi_scale=False, log_grads=0)
-    t.dist, t.device, t.ema = DistInfo(rank=1, world_size=1), torch.device("cpu"), None
-    t.precision, t.memory_format, t.norm_stats = Precision(False, torch.float32), torch.contiguous_format, NormStats(t.model)
-    t.scaler = torch.amp.GradScaler("cuda", enabled=False)
-    t.hyp, t.lf = load_hyp(), lambda e: 1.0
-    t.accumulate, t.n_warmup, t.bad_steps, t.global_step, t.last_opt_step = accumulate, n_warmup, 0, 0, -1
-    t.optimizer.zero_grad(set_to_none=True)
-    return t, steps
+    hyp = Hyp.load().replace(nominal_batch=accumulate, lr0=1e-9, warmup_min_iters=n_warmup, warmup_epochs=0.0)
+    config = RunConfig(TrainOptions(epochs=10, batch_size=1, img_size=4), hyp)
+    trainer = Trainer(model, lambda out, b: (out.sum(), {"loss": out.sum().detach()}), optimizer,
+                      [batch] * batches_per_epoch, config, hooks=[RecordGradient()])
+    assert (trainer.accumulate, trainer.n_warmup) == (accumulate, n_warmup)
+    return trainer, steps
 
 
 def test_optimizer_steps_on_the_global_batch_counter_across_epochs():
@@ -162,14 +155,18 @@ def test_close_mosaic_never_closes_a_whole_run():
     assert mosaic_epochs(3, 10) == 3 and mosaic_epochs(10, 10) == 10  # a 3-epoch fine-tune keeps mosaic
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
-def test_patience_stops_after_that_many_epochs_without_improvement(make_trainer, monkeypatch):
-    """--patience 2: the best epoch is the first, so epochs 2 and 3 do not improve and the run
-    stops after the third of its ten."""
-    trainer = make_trainer("anchor", epochs=10, patience=2)
-    ran = []
-    monkeypatch.setattr(trainer, "setup", lambda: None)
-    monkeypatch.setattr(trainer, "train_one_epoch", lambda epoch: ran.append(epoch) or {})
-    monkeypatch.setattr(trainer, "end_epoch", lambda epoch, losses: {"improved": epoch == 0})
+def test_patience_stops_after_that_many_epochs_without_improvement():
+    """--patience 2 on the real EvalHook: fitness peaks at the first epoch, so epochs 2 and 3 do
+    not improve and the run stops after the third of its ten."""
+    from types import SimpleNamespace
+
+    from engine.train.hooks import EvalHook
+
+    trainer, _ = _stepping_trainer(batches_per_epoch=2, accumulate=1, n_warmup=0)
+    fitness = iter([0.5, 0.4, 0.45, 0.6, 0.7])
+    result = lambda: SimpleNamespace(fitness=next(fitness), summary=lambda: {})  # noqa: E731
+    hook = EvalHook(lambda model, plots=False, final=False: result(), SimpleNamespace(ema=None), None, patience=2)
+    hook.after_train = lambda t: None  # no best.pt to score in this loop
+    trainer.hooks.append(hook)
     trainer.fit()
-    assert ran == [0, 1, 2]
+    assert trainer.epoch == 2 and trainer.stop_requested and trainer.best_fitness == 0.5

@@ -190,7 +190,7 @@ def test_a_whole_training_step_creates_tensors_on_the_input_device(make_trainer,
     trainer = make_trainer(kind, multi_scale=True)
     if amp:
         trainer.precision, trainer.memory_format = Precision(True, torch.bfloat16), torch.channels_last
-    batch = next(iter(trainer.train_loader))
+    batch = next(iter(trainer.loader))
     before = [p.detach().clone() for p in trainer.model.parameters()]
     with StrictDevice():
         terms = trainer.train_step(batch, 0)
