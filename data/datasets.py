@@ -27,7 +27,6 @@ from data.config import DataConfig, SplitSpec
 from data.label_index import (ARRAYS, INDEX_VERSION, Findings, LabelIndex, Problem, RawInstances, assemble,
                               check_instances, file_stamp, image_problems, stream_problem)
 from data.splits import ImageList, cache_base, list_images
-from utils.dist import DistInfo, dist_info_from_env, from_local_leader
 from utils.io import atomic_write_text
 from utils.errors import ConfigError
 from utils.paths import cache_path
@@ -326,9 +325,10 @@ def index_cache(spec: SplitSpec) -> Path:
     return cache_path(base.with_name(f"{base.name}.index.npz"))
 
 
-def load_index(cfg: DataConfig, split: str, info: DistInfo | None = None) -> LabelIndex:
+def load_index(cfg: DataConfig, split: str, info=None) -> LabelIndex:
     """The split's label index, from its cache when every source file is unchanged; else built
-    by local rank 0 (under torchrun) while the node's other ranks wait, then loaded by them."""
+    by local rank 0 (under torchrun) while the node's other ranks wait, then loaded by them.
+    info: this process's utils.dist.DistInfo (default: torchrun's environment)."""
     spec = cfg.splits.get(split)
     if spec is None:
         raise ConfigError(f"{cfg.source}: no '{split}' split")
@@ -340,6 +340,8 @@ def load_index(cfg: DataConfig, split: str, info: DistInfo | None = None) -> Lab
         stamp, build = yolo_stamp(listing, cfg.nc), lambda: read_yolo(listing, cfg.nc)
     index = LabelIndex.load(cache, stamp)
     if index is None:
+        from utils.dist import dist_info_from_env  # torch: only when there is an index to build
+
         index = _build_once_per_node(cfg, split, cache, stamp, build, info or dist_info_from_env())
     LOG.info("%s %s: %s", cfg.name, split, index.summary())
     return index
@@ -359,7 +361,10 @@ def yolo_stamp(listing: ImageList, nc: int) -> list:
     return [INDEX_VERSION, nc, len(listing.images), h.hexdigest()]
 
 
-def _build_once_per_node(cfg: DataConfig, split: str, cache: Path, stamp: list, build, info: DistInfo) -> LabelIndex:
+def _build_once_per_node(cfg: DataConfig, split: str, cache: Path, stamp: list, build, info) -> LabelIndex:
+    """info: the process's utils.dist.DistInfo."""
+    from utils.dist import from_local_leader
+
     built: list[LabelIndex] = []
 
     def build_and_save() -> str:
@@ -380,7 +385,7 @@ def _build_once_per_node(cfg: DataConfig, split: str, cache: Path, stamp: list, 
     return _timed_build(cfg, split, build, info)
 
 
-def _timed_build(cfg: DataConfig, split: str, build, info: DistInfo) -> LabelIndex:
+def _timed_build(cfg: DataConfig, split: str, build, info) -> LabelIndex:
     t0 = time.perf_counter()
     LOG.info("%s %s: building the label index", cfg.name, split)
     index = build()
