@@ -121,6 +121,15 @@ def index_figures(s: SimulatedSet) -> list[dict]:
     return rows
 
 
+def json_parse_figure(s: SimulatedSet) -> dict:
+    """json.load of the instances JSON alone: the parser's own share of a cold COCO build."""
+    code = "import json, sys, time; t = time.perf_counter(); json.load(open(sys.argv[1])); print('RESULT', " \
+           "json.dumps({'seconds': time.perf_counter() - t}))"
+    out, m = run_measured([sys.executable, "-c", code, str(s.annotations)])
+    return {"seconds": result_line(out)["seconds"], "peak_rss": m["peak_rss"], "peak_pss": m["peak_pss"],
+            "json_bytes": s.annotations.stat().st_size}
+
+
 def reference_index_figures(s: SimulatedSet, ref_python: str, bench: Path) -> list[dict]:
     """Ultralytics' label cache on the YOLO form, cold then warm (its script reports its own figures)."""
     rows = []
@@ -139,6 +148,8 @@ def reference_index_figures(s: SimulatedSet, ref_python: str, bench: Path) -> li
 
 
 def index_table(rows: list[dict], s: SimulatedSet) -> str:
+    parse = next((r for r in rows if r["who"] == "json.load alone"), None)
+    rows = [r for r in rows if r is not parse]
     lines = [f"| {s.n_images:,} images, {s.n_instances:,} instances | label form | cold build s | peak RSS MiB | "
              f"peak PSS MiB | warm load s | peak RSS MiB | cache on disk MiB |", "|---|---|" + "---:|" * 6]
     for who in dict.fromkeys(r["who"] for r in rows):
@@ -148,6 +159,9 @@ def index_table(rows: list[dict], s: SimulatedSet) -> str:
             lines.append(f"| {who} | {form} | {cold['seconds']:.1f} | {cold['peak_rss'] / MIB:,.0f} | "
                          f"{cold['peak_pss'] / MIB:,.0f} | {warm['seconds']:.1f} | {warm['peak_rss'] / MIB:,.0f} | "
                          f"{warm['cache_bytes'] / MIB:,.0f} |")
+    if parse:
+        lines.append(f"| json.load alone ({parse['json_bytes'] / MIB:,.0f} MiB JSON) | COCO JSON | "
+                     f"{parse['seconds']:.1f} | {parse['peak_rss'] / MIB:,.0f} | {parse['peak_pss'] / MIB:,.0f} | | | |")
     return "\n".join(lines)
 
 
@@ -316,7 +330,7 @@ def main(argv=None) -> int:
           f"reference: {ref or 'none'}", flush=True)
     figures, tables = {}, []
     if "index" not in args.skip:
-        rows = index_figures(s)
+        rows = index_figures(s) + [{"who": "json.load alone", **json_parse_figure(s)}]
         if ref:
             rows += reference_index_figures(s, ref, Path(args.ref_bench))
         figures["index"] = rows
