@@ -72,7 +72,7 @@ from data.loader import build_dataloader
 from engine.config import Hyp
 from utils.memory import process_tree_rss
 img, batch, workers, windows, batches = map(int, sys.argv[3:8])
-loader, _ = build_dataloader(load_data_config(sys.argv[2]), "train", img, batch, Hyp.load().augment(),
+loader, _ = build_dataloader(load_data_config(sys.argv[2]), "train", img, batch, Hyp.load().aug,
                              shuffle=True, workers=workers)
 it, peaks, t0 = iter(loader), [], time.perf_counter()
 for w in range(windows):

@@ -121,7 +121,7 @@ def test_the_builder_is_recorded_and_a_yolo_training_set_writes_no_coco_json(tmp
     with np.load(index_cache(cfg.splits["train"])) as z:
         assert json.loads(str(z["meta"]))["built_by"] == index.built_by
     assert load_index(cfg, "train").built_by == index.built_by  # from the cache
-    train = build_dataset(cfg, "train", 64, 2, Hyp.load().augment())
+    train = build_dataset(cfg, "train", 64, 2, Hyp.load().aug)
     assert train.ann_file is None and not list(tmp_path.glob("*.coco.json"))
     val = build_dataset(cfg, "train", 64, 2)  # scored: it gets the derived ground truth
     assert val.ann_file.is_file() and json.loads(val.ann_file.read_text())["annotations"]
