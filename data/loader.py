@@ -180,6 +180,10 @@ def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 
 def _seed_worker(worker_id: int) -> None:
+    """Seeds a worker's numpy and random; and no OpenCV thread pool in workers (torch already runs
+    them with one thread): its threads would compete with the training step's for the cores,
+    and OpenCV's resize/warp/colour results do not depend on them."""
+    cv2.setNumThreads(0)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from engine.checkpoint import model_from_checkpoint
+from engine.device import elementwise_threads
 from engine.train.ema import ModelEMA
 from engine.train.results import ResultsLog
 from models.summary import stage_label
@@ -55,7 +56,8 @@ class EMAHook(Hook):
         self.ema = ema
 
     def after_optimizer_step(self, trainer: "Trainer") -> None:
-        self.ema.update(unwrap(trainer.model))
+        with elementwise_threads(trainer.device):
+            self.ema.update(unwrap(trainer.model))
 
 
 class EvalHook(Hook):
