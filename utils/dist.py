@@ -133,7 +133,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def _store(info: DistInfo):
     """A client of the run's key-value store (torchrun's, at MASTER_ADDR:MASTER_PORT), or None when
     this process is not part of an initialised process group. Store keys, unlike collectives, need
-    no call from the ranks that do not take part (only rank 0 builds the validation set)."""
+    no call from the ranks that do not take part (a split may be built on some ranks only)."""
     if not (info.enabled and tdist.is_available() and tdist.is_initialized()):
         return None
     addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
@@ -187,3 +187,30 @@ def _wait(store, k: str, info: DistInfo, what: str, timeout_s: float, poll_s: fl
         time.sleep(min(poll_s, HEARTBEAT_S))
     LOG.info("rank %d: local rank 0 is done (waited %.1f s)", info.rank, time.monotonic() - t0)
     return store.get(k).decode()
+
+
+def gather_to_main(obj, info: DistInfo) -> list | None:
+    """Every rank's `obj` (picklable), in rank order, on rank 0; None on the other ranks. [obj]
+    outside torch.distributed. gather_object, not all_gather_object: only rank 0 holds them all."""
+    if not (info.enabled and tdist.is_initialized()):
+        return [obj]
+    out = [None] * info.world_size if info.rank == 0 else None
+    tdist.gather_object(obj, out, dst=0)
+    return out
+
+
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module, info: DistInfo, src: int = 0) -> None:
+    """Rank src's parameters and buffers into every rank's `module` (the same architecture on all),
+    one flat broadcast per dtype rather than one per tensor."""
+    if not (info.enabled and tdist.is_initialized()):
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in module.state_dict().values():  # views of the module's own tensors
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for tensors in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        tdist.broadcast(flat, src)
+        if info.rank != src:
+            for t, v in zip(tensors, flat.split([t.numel() for t in tensors])):
+                t.copy_(v.view_as(t))

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from engine.eval.coco_eval import format_tables, load_gt, per_class_table, score
 from engine.device import memory_format
 from engine.eval.metrics import ConfusionMatrix
+from utils.dist import DistInfo, gather_to_main
 from utils.geometry import xyxy_to_xywh_coco
 from utils.io import atomic_write_text
 from utils.masks import encode_rle
@@ -77,7 +78,8 @@ def to_coco_results(dets: Detections, image_id: int, category_ids: list[int]) ->
 
 @torch.no_grad()
 def predict_loader(model: nn.Module, loader, device: torch.device, conf_thres: float, iou_thres: float,
-                   max_det: int, half: bool, retina_masks: bool, category_ids: list[int], on_image=None):
+                   max_det: int, half: bool, retina_masks: bool, category_ids: list[int], on_image=None,
+                   progress: bool = True):
     """(COCO results list, image ids, ms per image for pre-process / inference / postprocess);
     on_image(image_id, Detections) is called for each image when given."""
     model.eval()
@@ -88,7 +90,7 @@ def predict_loader(model: nn.Module, loader, device: torch.device, conf_thres: f
     if next(model.parameters()).dtype != dtype:  # a copy: the caller's (EMA) weights never round-trip through fp16
         model = copy.deepcopy(model)
     model = model.to(device=device, dtype=dtype, memory_format=fmt)
-    for batch in tqdm(loader, desc="val", bar_format="{l_bar}{bar:10}{r_bar}", leave=False):
+    for batch in tqdm(loader, desc="val", bar_format="{l_bar}{bar:10}{r_bar}", leave=False, disable=not progress):
         t0 = time.perf_counter()
         images = (batch.images.to(device, non_blocking=True).to(dtype) / 255.0).contiguous(memory_format=fmt)
         t1 = time.perf_counter()
@@ -113,11 +115,38 @@ def predict_loader(model: nn.Module, loader, device: torch.device, conf_thres: f
     return results, img_ids, times * 1e3 / max(len(img_ids), 1)
 
 
+@dataclass
+class Shard:
+    """One rank's predictions: COCO results (masks as RLE), its image ids, the total ms per stage
+    (pre-process, inference, postprocess) and its confusion matrix (when plotting)."""
+
+    results: list[dict]
+    img_ids: list[int]
+    ms_total: np.ndarray
+    confusion: np.ndarray | None
+
+
+def merge_shards(parts: list[Shard]) -> tuple[list[dict], list[int], np.ndarray, np.ndarray | None]:
+    """(results, image ids, ms per image per stage, confusion matrix) of all ranks together; an
+    image predicted by two ranks (a loader that pads its shards) is an error, not a double count."""
+    results = [d for p in parts for d in p.results]
+    img_ids = [i for p in parts for i in p.img_ids]
+    if len(set(img_ids)) != len(img_ids):
+        raise RuntimeError(f"evaluate: {len(img_ids) - len(set(img_ids))} images predicted more than once "
+                           f"across {len(parts)} ranks (the loader must shard without padding)")
+    ms = sum(p.ms_total for p in parts) / max(len(img_ids), 1)
+    matrices = [p.confusion for p in parts if p.confusion is not None]
+    return results, img_ids, ms, sum(matrices) if matrices else None
+
+
 def evaluate(model: nn.Module, loader, dataset, device: torch.device, conf_thres: float = 0.001,
              iou_thres: float = 0.65, max_det: int = 300, half: bool = False, save_dir: Path | None = None,
              save_json: bool = False, plots: bool = False, verbose: bool = False,
-             retina_masks: bool = False) -> EvalResult:
-    """COCO AP^box / AP^mask of `model` on `dataset` (scored against dataset.ann_file)."""
+             retina_masks: bool = False, dist: DistInfo = DistInfo()) -> EvalResult | None:
+    """COCO AP^box / AP^mask of `model` on `dataset` (scored against dataset.ann_file). Under
+    torch.distributed every rank calls it with its shard of the images (build_dataloader's
+    ShardedBatchSampler): rank 0 gathers the results, scores them and returns the EvalResult,
+    the other ranks return None."""
     single_cls = getattr(dataset, "single_cls", False)
     names = ["item"] if single_cls else list(dataset.names)
     confusion = ConfusionMatrix(len(names)) if plots else None
@@ -130,7 +159,13 @@ def evaluate(model: nn.Module, loader, dataset, device: torch.device, conf_thres
             confusion.update(d.boxes, d.scores, d.classes, boxes, np.zeros_like(classes) if single_cls else classes)
 
     results, img_ids, ms = predict_loader(model, loader, device, conf_thres, iou_thres, max_det, half,
-                                          retina_masks, dataset.category_ids, on_image)
+                                          retina_masks, dataset.category_ids, on_image, progress=dist.is_main)
+    parts = gather_to_main(Shard(results, img_ids, ms * len(img_ids), confusion.matrix if confusion else None), dist)
+    if parts is None:
+        return None
+    results, img_ids, ms, matrix = merge_shards(parts)
+    if confusion is not None:
+        confusion.matrix = matrix
     if save_json and save_dir is not None:
         atomic_write_text(Path(save_dir) / "predictions.json", json.dumps(results))
     gt = load_gt(dataset.ann_file)  # the default backend, as score() below
