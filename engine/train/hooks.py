@@ -2,8 +2,8 @@
 at the events it overrides; they run in the order given, so a later hook of the same event sees
 what an earlier one wrote into `trainer.epoch_results` (evaluation before logging before saving).
 The builder installs the writing hooks on rank 0 only (EvalHook, which writes on rank 0 only,
-on every rank). (`trainer` is an
-engine.train.trainer.Trainer, not imported: the trainer imports this module.)"""
+on every rank). (`trainer` is an engine.train.trainer.Trainer, not imported: the trainer
+imports this module.)"""
 from __future__ import annotations
 
 import copy
