@@ -113,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", help="also log every problem as the index is built")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    labels_log = logging.getLogger("gradpath.data.labels")
+    level = labels_log.level
     if not args.verbose:  # the report shows the first few of each kind
-        logging.getLogger("gradpath.data.labels").setLevel(logging.ERROR)
+        labels_log.setLevel(logging.ERROR)
     try:
         cfg = load_data_config(args.data)
         splits = args.split or [s for s in ("train", "val", "test") if s in cfg.splits]
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as e:
         print(f"data.check: error: {error_line(e)}", file=sys.stderr)
         return 2
+    finally:  # called in-process (tests, other tools), the caller's logging is left as it was
+        labels_log.setLevel(level)
     print("\n".join(lines))
     return 0 if ok else 1
 

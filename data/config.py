@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.coco_categories import read_categories
 from utils.errors import ConfigError
 from utils.io import load_yaml
 from utils.paths import REPO_ROOT, resolve_repo_path
@@ -130,7 +131,7 @@ def _dataset_root(src: str, raw: dict) -> Path:
 
 def _coco_categories(path: Path) -> tuple[list[str], list[int]]:
     try:
-        cats = json.loads(path.read_text()).get("categories")
+        cats = read_categories(path)  # the list alone, not the whole file
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: cannot read COCO JSON: {e}") from None
     if not cats:

@@ -1,14 +1,21 @@
 """The validated label index: every image's instances parsed once, checked, stored in flat numpy
 arrays (workers share them without copy-on-access growth), cached beside the labels and rebuilt
-when a source file's size or mtime changes."""
+when a source file's size or mtime changes.
+
+Checking is vectorised over all instances at once (`check_instances`), so a full-COCO index is
+not 860k trips through Python; `assemble` turns checked instances and the image table into the
+index. What validation finds is a list of Problems, counted and sampled by Findings (data.check
+prints them). The cache records which process built it (`built_by`)."""
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -18,6 +25,7 @@ LOG = logging.getLogger("gradpath.data")
 LABELS_LOG = logging.getLogger("gradpath.data.labels")  # one line per problem found (data.check quiets it)
 INDEX_VERSION = 3
 EXAMPLES_PER_KIND = 5  # file:line examples kept of each kind of problem (data.check prints them)
+ARRAYS = ("files", "image_ids", "shapes", "inst_offsets", "boxes", "classes", "seg_offsets", "points")
 
 
 class Problem(NamedTuple):
@@ -49,6 +57,12 @@ class Findings:
         for problem in problems:
             self.add(problem)
 
+    def extend_in_order(self, keyed: list[tuple[int, Problem]]) -> None:
+        """Problems found kind by kind, added in the order of their keys (their place in the
+        labels), so that each kind's examples are its first ones, as a record-by-record pass has them."""
+        for _, problem in sorted(keyed, key=lambda kp: kp[0]):
+            self.add(problem)
+
 
 @dataclass
 class LabelIndex:
@@ -62,6 +76,7 @@ class LabelIndex:
     points: np.ndarray         # (P,2) float32 polygon points in pixels
     counts: dict = field(default_factory=dict)
     examples: dict = field(default_factory=dict)  # kind -> the first few "file:line: message" (Findings)
+    built_by: dict = field(default_factory=dict)  # pid, rank, host and seconds of the build
 
     def __len__(self) -> int:
         return len(self.files)
@@ -78,14 +93,15 @@ class LabelIndex:
         flags = lens != 4
         four = np.flatnonzero(~flags)
         if len(four):
-            b = self.boxes[four]
-            outline = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], 1)  # as check_instance makes it
             pts = self.points[self.seg_offsets[four][:, None] + np.arange(4)]
-            flags[four] = (pts != outline).any(axis=(1, 2))
+            flags[four] = (pts != box_outlines(self.boxes[four])).any(axis=(1, 2))
         return flags
 
     def has_polygons(self) -> bool:
         return bool(self.polygon_flags().any())
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, k).nbytes for k in ARRAYS)
 
     def summary(self) -> str:
         c = self.counts
@@ -93,15 +109,17 @@ class LabelIndex:
                 f"empty {c.get('empty', 0)}, corrupt {c.get('corrupt', 0)}, fixed {c.get('fixed', 0)}, "
                 f"bad labels skipped {c.get('bad_labels', 0)}, crowd (eval only) {c.get('crowd', 0)}")
 
-    def save(self, path: Path, stamp: list) -> None:
-        arrays = {k: getattr(self, k) for k in ("files", "image_ids", "shapes", "inst_offsets", "boxes", "classes",
-                                                "seg_offsets", "points")}
-        meta = json.dumps({"version": INDEX_VERSION, "stamp": stamp, "counts": self.counts,
-                           "examples": self.examples})
+    def save(self, path: Path, stamp: list) -> bool:
+        """Write the cache (atomically); False when it could not be written."""
+        arrays = {k: getattr(self, k) for k in ARRAYS}
+        meta = json.dumps({"version": INDEX_VERSION, "stamp": stamp, "counts": self.counts, "examples": self.examples,
+                           "built_by": self.built_by})
         try:  # checked on loading, so no fsync
             atomic_write_bytes(path, lambda f: np.savez(f, meta=np.array(meta), **arrays), fsync=False)
         except OSError as e:  # e.g. a full disk: keep going without a cache
             LOG.warning("label index not cached (%s): %s", path, e)
+            return False
+        return True
 
     @classmethod
     def load(cls, path: Path, stamp: list) -> "LabelIndex | None":
@@ -112,8 +130,8 @@ class LabelIndex:
                 meta = json.loads(str(z["meta"]))
                 if meta.get("version") != INDEX_VERSION or meta.get("stamp") != stamp:
                     return None
-                return cls(**{k: z[k] for k in z.files if k != "meta"}, counts=meta["counts"],
-                           examples=meta.get("examples", {}))
+                return cls(**{k: z[k] for k in ARRAYS}, counts=meta["counts"], examples=meta.get("examples", {}),
+                           built_by=meta.get("built_by", {}))
         except (OSError, ValueError, KeyError) as e:
             LOG.warning("label index %s unreadable, rebuilding: %s", path, e)
             return None
@@ -132,9 +150,14 @@ def image_problem(path: Path) -> str | None:
     if size == 0:
         return "corrupt"
     with path.open("rb") as f:
-        head = f.read(8)
-        f.seek(max(size - 16, 0))
-        tail = f.read()
+        return stream_problem(f, size)
+
+
+def stream_problem(f, size: int) -> str | None:
+    """image_problem of an open file of `size` bytes (size > 0); leaves the file anywhere."""
+    head = f.read(8)
+    f.seek(max(size - 16, 0))
+    tail = f.read()
     if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
         return "corrupt"
     if head[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
@@ -145,67 +168,140 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-class IndexBuilder:
-    """Accumulates validated instances image by image into flat arrays."""
+def image_problems(files: list[Path], threads: int | None = None) -> list[str | None]:
+    """image_problem of every file, on a thread pool (the checks wait on the disk, not the GIL),
+    one run of files per task."""
+    threads = threads or min(8, os.cpu_count() or 1)
+    if threads <= 1 or len(files) < 256:
+        return [image_problem(f) for f in files]
+    step = -(-len(files) // (threads * 4))
+    with ThreadPoolExecutor(threads) as pool:
+        runs = pool.map(lambda a: [image_problem(f) for f in files[a:a + step]], range(0, len(files), step))
+        return [p for run in runs for p in run]
 
-    def __init__(self):
-        self.files, self.ids, self.shapes = [], [], []
-        self.offsets, self.boxes, self.classes, self.seg_offsets, self.points = [0], [], [], [0], []
-        self.findings = Findings()
 
-    @property
-    def counts(self) -> Counter:
-        return self.findings.counts
+@dataclass
+class RawInstances:
+    """Instances as the labels give them, before checking; instance j belongs to image row img[j]
+    and owns points [sum(seg_lens[:j]), sum(seg_lens[:j+1])) (seg_lens 0: no polygon given);
+    keys[j] is its place in the labels (what orders the problems found)."""
+    img: np.ndarray       # (m,) int64
+    boxes: np.ndarray     # (m,4) float32 xyxy pixels
+    classes: np.ndarray   # (m,) int64
+    seg_lens: np.ndarray  # (m,) int64
+    points: np.ndarray    # (P,2) float polygon points in pixels
+    keys: np.ndarray      # (m,) int64
 
-    def add_image(self, file: Path, image_id: int, shape: tuple[int, int],
-                  instances: list[tuple[np.ndarray, int, np.ndarray]]) -> None:
-        problem = image_problem(file) or ("corrupt" if min(shape) <= 0 else None)
+    FIELDS = ("img", "boxes", "classes", "seg_lens", "points", "keys")
+
+    def __len__(self) -> int:
+        return len(self.img)
+
+    @classmethod
+    def empty(cls) -> "RawInstances":
+        return cls(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
+                   np.zeros(0, np.int64), np.zeros((0, 2), np.float32), np.zeros(0, np.int64))
+
+    @classmethod
+    def concat(cls, parts: list["RawInstances"]) -> "RawInstances":
+        parts = [p for p in parts if len(p)] or [cls.empty()]
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in cls.FIELDS))
+
+    def take(self, keep: np.ndarray) -> "RawInstances":
+        """The instances where `keep` (bool (m,) or indices), with their points."""
+        idx = np.flatnonzero(keep) if keep.dtype == bool else keep
+        starts = np.cumsum(self.seg_lens) - self.seg_lens
+        pts = self.points[ranges(starts[idx], self.seg_lens[idx])]
+        return RawInstances(self.img[idx], self.boxes[idx], self.classes[idx], self.seg_lens[idx], pts, self.keys[idx])
+
+
+def ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """concatenate([arange(s, s + n) for s, n in zip(starts, lens)]) without the loop."""
+    lens = np.asarray(lens, np.int64)
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    out_starts = np.cumsum(lens) - lens
+    return np.repeat(np.asarray(starts, np.int64) - out_starts, lens) + np.arange(total)
+
+
+def box_outlines(boxes: np.ndarray) -> np.ndarray:
+    """(m,4) xyxy -> (m,4,2) corner polygons, the mask of an instance without a polygon."""
+    b = boxes
+    return np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], 1)
+
+
+def check_instances(raw: RawInstances, shapes: np.ndarray, where: Callable[[int], str],
+                    keys: np.ndarray) -> tuple[RawInstances, list[tuple[int, Problem]]]:
+    """Clip to the image, drop degenerate boxes; a missing or bad polygon becomes the box outline.
+    shapes: (n,2) (h, w) of the image rows; where(j) names instance j; keys[j] is its place in the
+    labels (Findings.extend_in_order). Points come back float32, every instance with its own."""
+    wh = shapes[raw.img][:, ::-1].astype(np.float64)
+    found: list[tuple[int, Problem]] = []
+    finite = np.isfinite(raw.boxes).all(1)
+    for j in np.flatnonzero(~finite):
+        found.append((keys[j], Problem("bad_labels", where(j), f"non-finite box {raw.boxes[j].tolist()}, skipped")))
+    clipped = np.clip(np.nan_to_num(raw.boxes), 0, np.tile(wh, 2)).astype(np.float32)
+    has_area = (clipped[:, 2] - clipped[:, 0] >= 1) & (clipped[:, 3] - clipped[:, 1] >= 1)
+    for j in np.flatnonzero(finite & ~has_area):
+        w, h = (int(v) for v in wh[j])
+        found.append((keys[j], Problem("bad_labels", where(j), f"box {raw.boxes[j].tolist()} has no area inside the "
+                                                               f"{w}x{h} image, skipped")))
+    keep = finite & has_area
+    for j in np.flatnonzero(keep & (clipped != raw.boxes.astype(np.float32)).any(1)):
+        w, h = (int(v) for v in wh[j])
+        found.append((keys[j], Problem("fixed", where(j), f"box clipped to the {w}x{h} image", warn=False)))
+    seg_id = np.repeat(np.arange(len(raw)), raw.seg_lens)
+    bad_pts = np.bincount(seg_id[~np.isfinite(raw.points).all(1)], minlength=len(raw)) > 0
+    given = raw.seg_lens > 0
+    bad_poly = keep & given & (bad_pts | (raw.seg_lens < 3))
+    for j in np.flatnonzero(bad_poly):
+        found.append((keys[j], Problem("fixed", where(j), f"polygon with {raw.seg_lens[j]} point(s) or non-finite "
+                                                          "values, the box outline is used as its mask")))
+    own = keep & given & ~bad_poly
+    bounds = np.repeat(wh.astype(np.float32), raw.seg_lens, axis=0)  # sizes are exact in float32
+    pts = np.clip(raw.points, 0, bounds).astype(np.float32, copy=False)
+    if own.all():  # the usual case: every instance kept with its own polygon
+        return RawInstances(raw.img, clipped, raw.classes, raw.seg_lens, pts, raw.keys), found
+    return _with_outlines(raw, keep, own, clipped, pts), found
+
+
+def _with_outlines(raw: RawInstances, keep: np.ndarray, own: np.ndarray, clipped: np.ndarray,
+                   pts: np.ndarray) -> RawInstances:
+    """The kept instances: their own (clipped) points `pts`, or their box outline."""
+    idx = np.flatnonzero(keep)
+    lens = np.where(own[idx], raw.seg_lens[idx], 4)
+    out = np.empty((int(lens.sum()), 2), np.float32)
+    starts = np.cumsum(lens) - lens
+    src_starts = np.cumsum(raw.seg_lens) - raw.seg_lens
+    mine = own[idx]
+    out[ranges(starts[mine], lens[mine])] = pts[ranges(src_starts[idx[mine]], raw.seg_lens[idx[mine]])]
+    outline = ~mine
+    out[ranges(starts[outline], lens[outline])] = box_outlines(clipped[idx[outline]]).reshape(-1, 2)
+    return RawInstances(raw.img[idx], clipped[idx], raw.classes[idx], lens.astype(np.int64), out, raw.keys[idx])
+
+
+def assemble(files: list, image_ids: np.ndarray, shapes: np.ndarray, problems: list[str | None],
+             inst: RawInstances, findings: Findings) -> LabelIndex:
+    """The index of the usable images (problems[i] None and a positive size) and their checked
+    instances, in image order and, within an image, in label order."""
+    shapes = np.asarray(shapes, np.int64).reshape(-1, 2)
+    usable = np.ones(len(files), bool)
+    for i, problem in enumerate(problems):
+        problem = problem or ("corrupt" if shapes[i].min() <= 0 else None)
         if problem:
-            self.findings.add(Problem(problem, str(file), f"image {problem}, skipped"))
-            return
-        self.files.append(str(file))
-        self.ids.append(int(image_id))
-        self.shapes.append(shape)
-        if not instances:
-            self.findings.add(Problem("empty", str(file), "no instances", warn=False))
-        for box, cls, poly in instances:
-            self.boxes.append(box)
-            self.classes.append(cls)
-            self.points.append(poly)
-            self.seg_offsets.append(self.seg_offsets[-1] + len(poly))
-        self.offsets.append(self.offsets[-1] + len(instances))
-
-    def build(self) -> LabelIndex:
-        self.counts["images"] = len(self.files)
-        self.counts["instances"] = len(self.classes)
-        pts = np.concatenate(self.points).astype(np.float32) if self.points else np.zeros((0, 2), np.float32)
-        return LabelIndex(np.array(self.files, dtype=str), np.array(self.ids, np.int64),
-                          np.array(self.shapes, np.int32).reshape(-1, 2), np.array(self.offsets, np.int64),
-                          np.array(self.boxes, np.float32).reshape(-1, 4), np.array(self.classes, np.int64),
-                          np.array(self.seg_offsets, np.int64), pts, dict(self.counts), self.findings.examples)
-
-
-def check_instance(box_xyxy: np.ndarray, poly: np.ndarray | None, shape: tuple[int, int], problems: list[Problem],
-                   where: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Clip to the image, drop degenerate boxes; a missing/short polygon becomes the box outline.
-    What it finds is appended to `problems`."""
-    h, w = shape
-    if not np.all(np.isfinite(box_xyxy)):
-        problems.append(Problem("bad_labels", where, f"non-finite box {box_xyxy.tolist()}, skipped"))
-        return None
-    clipped = np.clip(box_xyxy, 0, [w, h, w, h]).astype(np.float32)
-    if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
-        problems.append(Problem("bad_labels", where,
-                                f"box {box_xyxy.tolist()} has no area inside the {w}x{h} image, skipped"))
-        return None
-    if not np.array_equal(clipped, box_xyxy.astype(np.float32)):
-        problems.append(Problem("fixed", where, f"box clipped to the {w}x{h} image", warn=False))
-    if poly is None or len(poly) < 3 or not np.all(np.isfinite(poly)):
-        if poly is not None:
-            problems.append(Problem("fixed", where, f"polygon with {len(poly)} point(s) or non-finite values, "
-                                                    "the box outline is used as its mask"))
-        x1, y1, x2, y2 = clipped
-        poly = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32)
-    else:
-        poly = np.clip(poly, 0, [w, h]).astype(np.float32)
-    return clipped, poly
+            findings.add(Problem(problem, str(files[i]), f"image {problem}, skipped"))
+            usable[i] = False
+    inst = inst.take(np.flatnonzero(usable[inst.img])[np.argsort(inst.img[usable[inst.img]], kind="stable")])
+    row = np.cumsum(usable) - 1  # old image row -> new
+    per_image = np.bincount(row[inst.img], minlength=int(usable.sum())).astype(np.int64)
+    kept_files = [str(f) for f, u in zip(files, usable) if u]
+    for k in np.flatnonzero(per_image == 0):
+        findings.add(Problem("empty", kept_files[k], "no instances", warn=False))
+    findings.counts["images"], findings.counts["instances"] = int(usable.sum()), len(inst)
+    return LabelIndex(np.array(kept_files, dtype=str), np.asarray(image_ids, np.int64)[usable],
+                      shapes[usable].astype(np.int32).reshape(-1, 2),
+                      np.concatenate([[0], np.cumsum(per_image)]).astype(np.int64),
+                      inst.boxes.astype(np.float32).reshape(-1, 4), inst.classes.astype(np.int64),
+                      np.concatenate([[0], np.cumsum(inst.seg_lens)]).astype(np.int64),
+                      inst.points.astype(np.float32).reshape(-1, 2), dict(findings.counts), findings.examples)

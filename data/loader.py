@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import psutil
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from data.augment import (AugmentParams, Tile, apply_ratio_pad, augment_hsv, build_photometric, copy_paste, flip,
                           letterbox, min_area_ratio, mixup, mosaic4, random_perspective, rasterize)
@@ -30,7 +30,7 @@ class DetectionDataset(Dataset):
     copy-paste, or letterboxed (optionally rectangular-batched) validation images."""
 
     def __init__(self, index: LabelIndex, img_size: int, aug: AugmentParams | None, rect: bool,
-                 batch_size: int, stride: int, names: list[str], category_ids: list[int], ann_file: Path,
+                 batch_size: int, stride: int, names: list[str], category_ids: list[int], ann_file: Path | None,
                  single_cls: bool = False, cache: str | None = None, cache_dir: Path | None = None):
         self.index, self.img_size, self.aug, self.augment = index, img_size, aug, aug is not None
         self.names, self.category_ids, self.ann_file = names, category_ids, ann_file
@@ -180,6 +180,10 @@ def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 
 def _seed_worker(worker_id: int) -> None:
+    """Seeds a worker's numpy and random; and no OpenCV thread pool in workers (torch already runs
+    them with one thread): its threads would compete with the training step's for the cores,
+    and OpenCV's resize/warp/colour results do not depend on them."""
+    cv2.setNumThreads(0)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -192,7 +196,8 @@ def build_dataset(data_cfg: DataConfig, split: str, img_size: int, batch_size: i
     index = load_index(data_cfg, split)
     if len(index) == 0:
         raise ConfigError(f"{data_cfg.source}: '{split}' has no usable images ({index.summary()})")
-    ann_file = ground_truth_json(data_cfg, split, index)
+    # a training set is never scored: no COCO JSON of a YOLO split's (maybe 860k) instances for it
+    ann_file = ground_truth_json(data_cfg, split, index) if aug is None or data_cfg.format == "coco" else None
     cache_dir = disk_cache_dir(data_cfg, split) if cache == "disk" else None
     return DetectionDataset(index, img_size, aug, rect, batch_size, stride, data_cfg.names,
                             data_cfg.category_ids, ann_file, single_cls, cache, cache_dir)
@@ -239,6 +244,31 @@ class EpochBatchSampler:
                 yield [(int(k), epoch) for k in order[b:b + self.batch_size]]
 
 
+class ShardedBatchSampler:
+    """Validation under torch.distributed: the one-process batches of batch_size x world_size
+    positions, in order, each split into world_size contiguous parts of nearly equal size; rank r
+    takes part r of every batch. So every image is predicted once (no padding, unlike
+    DistributedSampler), in a batch of the shape a one-process run gives it (rectangular shapes
+    are per one-process batch); a rank whose part of the last batch is empty skips that batch."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = -1, world_size: int = 1):
+        self.n, self.batch_size = n, batch_size
+        self.rank, self.world_size = max(rank, 0), max(world_size, 1)
+
+    def _parts(self):
+        step = self.batch_size * self.world_size
+        for start in range(0, self.n, step):
+            part = np.array_split(np.arange(start, min(start + step, self.n)), self.world_size)[self.rank]
+            if len(part):
+                yield part.tolist()
+
+    def __iter__(self):
+        return self._parts()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._parts())
+
+
 class EpochLoader:
     """A DataLoader over an EpochBatchSampler, iterated one epoch at a time: len() is batches per
     epoch and every iter() continues the same underlying iterator, so its workers never stop.
@@ -282,10 +312,12 @@ def build_dataloader(data_cfg: DataConfig, split: str, img_size: int, batch_size
                      shuffle: bool = False, rank: int = -1, world_size: int = 1, seed: int = 0,
                      single_cls: bool = False, stride: int = 32,
                      pin_memory: bool | None = None) -> tuple[DataLoader | EpochLoader, DetectionDataset]:
-    """Training (`aug` given) gets an EpochLoader; validation a plain DataLoader, optionally split
-    across ranks. pin_memory (default: when CUDA is available) lets batches go to the GPU with
+    """Training (`aug` given) gets an EpochLoader; validation a plain DataLoader, split across
+    ranks by ShardedBatchSampler when world_size > 1 (batch_size is per rank, as in training). pin_memory (default: when CUDA is available) lets batches go to the GPU with
     non-blocking copies (Batch.pin_memory)."""
-    dataset = build_dataset(data_cfg, split, img_size, batch_size, aug, rect, cache, single_cls, stride)
+    world_size = max(world_size, 1)
+    shapes_batch = batch_size if aug is not None else batch_size * world_size  # validation: one-process batches
+    dataset = build_dataset(data_cfg, split, img_size, shapes_batch, aug, rect, cache, single_cls, stride)
     batch_size = max(1, min(batch_size, len(dataset)))
     workers = max(0, min(workers, psutil.cpu_count() or 1, batch_size if batch_size > 1 else workers))
     generator = torch.Generator()
@@ -296,8 +328,9 @@ def build_dataloader(data_cfg: DataConfig, split: str, img_size: int, batch_size
     if aug is not None:  # training: continuous across epochs
         sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, rank, world_size)
         return EpochLoader(DataLoader(dataset, batch_sampler=sampler, **common)), dataset
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed) \
-        if world_size > 1 else None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                        drop_last=False, **common)
-    return loader, dataset
+    if world_size > 1:
+        if shuffle:
+            raise ValueError("build_dataloader: a validation loader split across ranks keeps the dataset's order")
+        sampler = ShardedBatchSampler(len(dataset), batch_size, rank, world_size)
+        return DataLoader(dataset, batch_sampler=sampler, **common), dataset
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False, **common), dataset

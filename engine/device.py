@@ -4,8 +4,9 @@ line that names the batch size and the memory."""
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -48,6 +49,24 @@ def amp_precision(device: torch.device, amp: bool, amp_dtype: str = "fp16") -> P
     if on and amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; use --amp fp16")
     return Precision(on, AMP_DTYPES[amp_dtype])
+
+
+@contextmanager
+def elementwise_threads(device: torch.device) -> Iterator[None]:
+    """One intra-op thread on a CPU for a training step's elementwise bookkeeping (the optimizer
+    step, the EMA update): hundreds of small tensors, each of whose parallel regions costs more
+    than it saves, all the more when the loader's workers hold a core, and elementwise results do
+    not depend on the thread count. Reductions (the loss, gradient norms) keep the run's threads:
+    their sums do depend on it. On a GPU nothing changes."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def configure_cuda(device: torch.device, fixed_shapes: bool) -> dict[str, object]:

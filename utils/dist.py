@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as tdist
 
 LOG = logging.getLogger("gradpath.dist")
+LEADER_TIMEOUT_S = 3 * 3600.0  # how long a rank waits for its node's local rank 0 (a full-COCO index build)
+HEARTBEAT_S = 60.0             # a waiting rank says so this often
+FAILED = "\x00failed"         # what the leader publishes when its work raised
 
 
 @dataclass(frozen=True)
@@ -121,3 +127,90 @@ def cleanup(info: DistInfo) -> None:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+# ---- node-local coordination: local rank 0 does the work once, its node's other ranks wait ------
+def _store(info: DistInfo):
+    """A client of the run's key-value store (torchrun's, at MASTER_ADDR:MASTER_PORT), or None when
+    this process is not part of an initialised process group. Store keys, unlike collectives, need
+    no call from the ranks that do not take part (a split may be built on some ranks only)."""
+    if not (info.enabled and tdist.is_available() and tdist.is_initialized()):
+        return None
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return None
+    return tdist.TCPStore(addr, int(port), is_master=False, wait_for_workers=False, timeout=timedelta(minutes=5))
+
+
+def node_key(key: str) -> str:
+    """`key` scoped to this node and to this attempt of the run (torchrun restarts workers with a
+    new count: a value published by the failed attempt is not taken for this one's)."""
+    node = os.environ.get("GROUP_RANK") or socket.gethostname()
+    return f"gradpath/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{node}/{key}"
+
+
+def from_local_leader(info: DistInfo, key: str, what: str, compute: Callable[[], str],
+                      timeout_s: float = LEADER_TIMEOUT_S) -> str | None:
+    """compute() once per node: local rank 0 (and any process outside torchrun) runs it and returns
+    its value; the node's other ranks wait for that value (saying so every HEARTBEAT_S, so that a
+    waiting rank does not look hung) and return it, or None when the leader's compute() raised (the
+    leader reports its own error; the caller may then do the work itself). `what` completes
+    "waiting for local rank 0 to ...". Past timeout_s a waiting rank raises TimeoutError."""
+    store = _store(info)
+    if store is None:
+        return compute()
+    k = node_key(key)
+    if info.local_rank == 0:
+        try:
+            value = compute()
+        except BaseException:
+            store.set(k, FAILED)
+            raise
+        store.set(k, value)
+        return value
+    value = _wait(store, k, info, what, timeout_s)
+    return None if value == FAILED else value
+
+
+def _wait(store, k: str, info: DistInfo, what: str, timeout_s: float, poll_s: float = 0.2) -> str:
+    """Poll the store for k (check() does not block, so no timed-out waits fill the log)."""
+    t0 = time.monotonic()
+    said = t0
+    LOG.info("rank %d: waiting for local rank 0 to %s", info.rank, what)
+    while not store.check([k]):
+        now = time.monotonic()
+        if now - t0 >= timeout_s:
+            raise TimeoutError(f"rank {info.rank}: local rank 0 did not {what} within {timeout_s:.0f} s")
+        if now - said >= HEARTBEAT_S:
+            LOG.info("rank %d: still waiting for local rank 0 to %s (%.0f s)", info.rank, what, now - t0)
+            said = now
+        time.sleep(min(poll_s, HEARTBEAT_S))
+    LOG.info("rank %d: local rank 0 is done (waited %.1f s)", info.rank, time.monotonic() - t0)
+    return store.get(k).decode()
+
+
+def gather_to_main(obj, info: DistInfo) -> list | None:
+    """Every rank's `obj` (picklable), in rank order, on rank 0; None on the other ranks. [obj]
+    outside torch.distributed. gather_object, not all_gather_object: only rank 0 holds them all."""
+    if not (info.enabled and tdist.is_initialized()):
+        return [obj]
+    out = [None] * info.world_size if info.rank == 0 else None
+    tdist.gather_object(obj, out, dst=0)
+    return out
+
+
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module, info: DistInfo, src: int = 0) -> None:
+    """Rank src's parameters and buffers into every rank's `module` (the same architecture on all),
+    one flat broadcast per dtype rather than one per tensor."""
+    if not (info.enabled and tdist.is_initialized()):
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in module.state_dict().values():  # views of the module's own tensors
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for tensors in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        tdist.broadcast(flat, src)
+        if info.rank != src:
+            for t, v in zip(tensors, flat.split([t.numel() for t in tensors])):
+                t.copy_(v.view_as(t))

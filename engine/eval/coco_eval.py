@@ -27,21 +27,28 @@ class EvaluationError(RuntimeError):
 
 
 def load_results(pred: str | Path | list, gt) -> list[dict]:
-    """Read a COCO results file (or list) and check it against the ground truth's ids."""
+    """Read a COCO results file (or take a list) and check it against the ground truth's ids."""
     if isinstance(pred, (str, Path)):
-        try:
-            pred = json.loads(Path(pred).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise EvaluationError(f"{pred}: cannot read results JSON: {e}") from None
+        pred = read_results(pred)
     if not isinstance(pred, list):
         raise EvaluationError("results must be a JSON list of detections")
     img_ids, cat_ids = set(gt.getImgIds()), set(gt.getCatIds())
     for k, d in enumerate(pred):
+        if not isinstance(d, dict):
+            raise EvaluationError(f"results[{k}]: not a JSON object but {type(d).__name__}")
         if d.get("image_id") not in img_ids:
             raise EvaluationError(f"results[{k}]: image_id {d.get('image_id')} is not in the annotation file")
         if d.get("category_id") not in cat_ids:
             raise EvaluationError(f"results[{k}]: category_id {d.get('category_id')} is not in the annotation file")
     return pred
+
+
+def read_results(path: str | Path) -> list:
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EvaluationError(f"{path}: cannot read results JSON: {e}") from None
 
 
 BACKENDS = ("faster", "pycocotools")
@@ -77,28 +84,42 @@ def load_gt(ann_json: str | Path, backend: str | None = None):
         raise EvaluationError(f"{ann_json}: cannot load COCO annotations: {type(e).__name__}: {e}") from e
 
 
-def score(ann_json: str | Path, results: str | Path | list, iou_types: tuple[str, ...] = ("bbox", "segm"),
+def score(ann_json: str | Path, results: str | Path | list, iou_types: tuple[str, ...] | None = ("bbox", "segm"),
           img_ids: list[int] | None = None, gt=None, backend: str | None = None,
-          use_cats: bool = True) -> dict[str, dict]:
+          use_cats: bool = True, copy_results: bool = True) -> dict[str, dict]:
     """{iou_type: {"stats": {name: value}, "per_class": {cat_id: AP50-95}}}. `gt` must come from
     load_gt() with the same backend. use_cats=False scores class-agnostically (COCO's useCats=0:
     a detection may match any ground truth), as a --single-cls model must be; per_class then
-    holds one entry, under the first category id."""
+    holds one entry, under the first category id. iou_types None: bbox, and segm when a result
+    has a mask.
+
+    The results are loaded into the library once and every type is scored from there, as the
+    libraries' own examples do (a second load of a million results costs gigabytes). The library
+    adds fields to the result dicts and re-encodes their masks, so a list passed in is copied
+    (shallow, once) unless copy_results=False says the caller is done with it; results read
+    from a file are not copied."""
     backend = backend or default_backend()
     _, COCOeval = _classes(backend)
     gt = gt or load_gt(ann_json, backend)
     dets = load_results(results, gt)
+    if copy_results and not isinstance(results, (str, Path)):
+        dets = [dict(d) for d in dets]
+    if iou_types is None:
+        iou_types = ("bbox", "segm") if any("segmentation" in d for d in dets) else ("bbox",)
+    subsets = {t: _having(dets, "segmentation" if t == "segm" else "bbox") for t in iou_types}
+    loaded: dict[int, object] = {}  # id of a subset -> its results in the library
     out = {}
     for iou_type in iou_types:
-        usable = [d for d in dets if ("segmentation" in d if iou_type == "segm" else "bbox" in d)]
+        usable = subsets[iou_type]
         if not usable:
             out[iou_type] = {"stats": dict.fromkeys(STAT_NAMES, 0.0), "per_class": {}, "P": 0.0, "R": 0.0}
             continue
         buf = io.StringIO()
         try:
             with contextlib.redirect_stdout(buf):
-                dt = gt.loadRes([dict(d) for d in usable])
-                ev = COCOeval(gt, dt, iou_type)
+                if id(usable) not in loaded:
+                    loaded[id(usable)] = gt.loadRes(usable)
+                ev = COCOeval(gt, loaded[id(usable)], iou_type)
                 ev.params.useCats = int(use_cats)
                 if img_ids is not None:
                     ev.params.imgIds = list(img_ids)
@@ -107,15 +128,27 @@ def score(ann_json: str | Path, results: str | Path | list, iou_types: tuple[str
                 ev.summarize()
         except Exception as e:
             raise EvaluationError(f"COCO {iou_type} evaluation failed: {type(e).__name__}: {e}") from e
-        precision = ev.eval["precision"]  # (T, R, K, A, M)
-        per_class = {}
-        cat_ids = ev.params.catIds if use_cats else ev.params.catIds[:1]
-        for k, cat in enumerate(cat_ids):
-            p = precision[:, :, k, 0, -1]
-            per_class[int(cat)] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
-        out[iou_type] = {"stats": {n: float(v) for n, v in zip(STAT_NAMES, ev.stats)}, "per_class": per_class,
-                         "pr50": np.asarray(precision[0, :, :, 0, -1]), "cat_ids": [int(c) for c in cat_ids]}
-        out[iou_type].update(best_f1(out[iou_type]["pr50"]))
+        out[iou_type] = _summary(ev, use_cats)
+        del ev  # its per-image state, before the next type's
+    return out
+
+
+def _having(dets: list[dict], key: str) -> list[dict]:
+    """The results with `key`: the list itself when all have it (so both types share one load)."""
+    subset = [d for d in dets if key in d]
+    return dets if len(subset) == len(dets) else subset
+
+
+def _summary(ev, use_cats: bool) -> dict:
+    precision = ev.eval["precision"]  # (T, R, K, A, M)
+    per_class = {}
+    cat_ids = ev.params.catIds if use_cats else ev.params.catIds[:1]
+    for k, cat in enumerate(cat_ids):
+        p = precision[:, :, k, 0, -1]
+        per_class[int(cat)] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
+    out = {"stats": {n: float(v) for n, v in zip(STAT_NAMES, ev.stats)}, "per_class": per_class,
+           "pr50": np.asarray(precision[0, :, :, 0, -1]), "cat_ids": [int(c) for c in cat_ids]}
+    out.update(best_f1(out["pr50"]))
     return out
 
 

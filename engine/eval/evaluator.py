@@ -15,6 +15,7 @@ from tqdm import tqdm
 from engine.eval.coco_eval import format_tables, load_gt, per_class_table, score
 from engine.device import memory_format
 from engine.eval.metrics import ConfusionMatrix
+from utils.dist import DistInfo, gather_to_main
 from utils.geometry import xyxy_to_xywh_coco
 from utils.io import atomic_write_text
 from utils.masks import encode_rle
@@ -78,7 +79,7 @@ def to_coco_results(dets: Detections, image_id: int, category_ids: list[int]) ->
 @torch.no_grad()
 def predict_loader(model, loader, device: torch.device, conf_thres: float, iou_thres: float,
                    max_det: int, half: bool, retina_masks: bool, category_ids: list[int], on_image=None,
-                   multi_label: bool = True):
+                   multi_label: bool = True, progress: bool = True):
     """(COCO results list, image ids, ms per image for pre-process / inference / postprocess);
     on_image(image_id, Detections) is called for each image when given. model: an nn.Module
     (training's EMA, val.py's checkpoint) or an inference backend (engine.infer.backends: any
@@ -92,7 +93,7 @@ def predict_loader(model, loader, device: torch.device, conf_thres: float, iou_t
         if next(module.parameters()).dtype != dtype:  # a copy: the caller's (EMA) weights never round-trip through fp16
             model = copy.deepcopy(module)
         model = model.to(device=device, dtype=dtype, memory_format=fmt)
-    for batch in tqdm(loader, desc="val", bar_format="{l_bar}{bar:10}{r_bar}", leave=False):
+    for batch in tqdm(loader, desc="val", bar_format="{l_bar}{bar:10}{r_bar}", leave=False, disable=not progress):
         t0 = time.perf_counter()
         images = (batch.images.to(device, non_blocking=True).to(dtype) / 255.0).contiguous(memory_format=fmt)
         t1 = time.perf_counter()
@@ -102,17 +103,29 @@ def predict_loader(model, loader, device: torch.device, conf_thres: float, iou_t
         t2 = time.perf_counter()
         if not isinstance(out, End2EndOutput):
             out = RawOutput(out[0].float(), None if out[1] is None else out[1].float())
-        dets = to_detections(out, tuple(images.shape[-2:]), batch.orig_shapes, batch.ratio_pads, conf_thres, iou_thres,
-                             max_det, multi_label=multi_label, retina_masks=retina_masks)
-        for d, image_id in zip(dets, batch.image_ids):
+        for b, image_id in enumerate(batch.image_ids):
+            # one image at a time, its masks RLE-encoded before the next is decoded: a batch of 32
+            # with 300 full-size (--retina-masks) masks each would be 32 x 300 x H x W bytes at once
+            d = to_detections(_image_output(out, b), tuple(images.shape[-2:]), batch.orig_shapes[b:b + 1],
+                              batch.ratio_pads[b:b + 1], conf_thres, iou_thres, max_det, multi_label=multi_label,
+                              retina_masks=retina_masks)[0]
             results += to_coco_results(d, image_id, category_ids)
             if on_image is not None:
                 on_image(int(image_id), d)
             img_ids.append(int(image_id))
+            del d
         times += [t1 - t0, t2 - t1, time.perf_counter() - t2]
     if module is not None:
         module.to(memory_format=torch.contiguous_format)
     return results, img_ids, times * 1e3 / max(len(img_ids), 1)
+
+
+def _image_output(out: RawOutput | End2EndOutput, b: int) -> RawOutput | End2EndOutput:
+    """Image b's share of a batch's output, kept as a batch of one."""
+    if isinstance(out, End2EndOutput):
+        return End2EndOutput(out.num_dets[b:b + 1], out.boxes[b:b + 1], out.scores[b:b + 1], out.classes[b:b + 1],
+                             None if out.masks is None else out.masks[b:b + 1])
+    return RawOutput(out.pred[b:b + 1], None if out.proto is None else out.proto[b:b + 1])
 
 
 def has_masks(model) -> bool:
@@ -120,12 +133,38 @@ def has_masks(model) -> bool:
     return getattr(model, "nm", 0) > 0 if isinstance(model, nn.Module) else model.meta.task == "segment"
 
 
+@dataclass
+class Shard:
+    """One rank's predictions: COCO results (masks as RLE), its image ids, the total ms per stage
+    (pre-process, inference, postprocess) and its confusion matrix (when plotting)."""
+
+    results: list[dict]
+    img_ids: list[int]
+    ms_total: np.ndarray
+    confusion: np.ndarray | None
+
+
+def merge_shards(parts: list[Shard]) -> tuple[list[dict], list[int], np.ndarray, np.ndarray | None]:
+    """(results, image ids, ms per image per stage, confusion matrix) of all ranks together; an
+    image predicted by two ranks (a loader that pads its shards) is an error, not a double count."""
+    results = [d for p in parts for d in p.results]
+    img_ids = [i for p in parts for i in p.img_ids]
+    if len(set(img_ids)) != len(img_ids):
+        raise RuntimeError(f"evaluate: {len(img_ids) - len(set(img_ids))} images predicted more than once "
+                           f"across {len(parts)} ranks (the loader must shard without padding)")
+    ms = sum(p.ms_total for p in parts) / max(len(img_ids), 1)
+    matrices = [p.confusion for p in parts if p.confusion is not None]
+    return results, img_ids, ms, sum(matrices) if matrices else None
+
+
 def evaluate(model, loader, dataset, device: torch.device, conf_thres: float = 0.001,
              iou_thres: float = 0.65, max_det: int = 300, half: bool = False, save_dir: Path | None = None,
              save_json: bool = False, plots: bool = False, verbose: bool = False,
-             retina_masks: bool = False, multi_label: bool = True) -> EvalResult:
+             retina_masks: bool = False, multi_label: bool = True, dist: DistInfo = DistInfo()) -> EvalResult | None:
     """COCO AP^box / AP^mask of `model` (an nn.Module or an inference backend) on `dataset`
-    (scored against dataset.ann_file)."""
+    (scored against dataset.ann_file). Under torch.distributed every rank calls it with its shard
+    of the images (build_dataloader's ShardedBatchSampler): rank 0 gathers the results, scores
+    them and returns the EvalResult, the other ranks return None."""
     single_cls = getattr(dataset, "single_cls", False)
     names = ["item"] if single_cls else list(dataset.names)
     confusion = ConfusionMatrix(len(names)) if plots else None
@@ -138,13 +177,19 @@ def evaluate(model, loader, dataset, device: torch.device, conf_thres: float = 0
             confusion.update(d.boxes, d.scores, d.classes, boxes, np.zeros_like(classes) if single_cls else classes)
 
     results, img_ids, ms = predict_loader(model, loader, device, conf_thres, iou_thres, max_det, half,
-                                          retina_masks, dataset.category_ids, on_image, multi_label)
+                                          retina_masks, dataset.category_ids, on_image, multi_label,
+                                          progress=dist.is_main)
+    parts = gather_to_main(Shard(results, img_ids, ms * len(img_ids), confusion.matrix if confusion else None), dist)
+    if parts is None:
+        return None
+    results, img_ids, ms, matrix = merge_shards(parts)
+    if confusion is not None:
+        confusion.matrix = matrix
     if save_json and save_dir is not None:
         atomic_write_text(Path(save_dir) / "predictions.json", json.dumps(results))
     gt = load_gt(dataset.ann_file)  # the default backend, as score() below
-    masks = has_masks(model)
-    scores = score(dataset.ann_file, results, ("bbox", "segm") if masks else ("bbox",), img_ids, gt,
-                   use_cats=not single_cls)
+    scores = score(dataset.ann_file, results, ("bbox", "segm") if has_masks(model) else ("bbox",), img_ids, gt,
+                   use_cats=not single_cls, copy_results=False)  # saved above: the scorer may change them
     names_by_id = {cid: n for cid, n in zip(dataset.category_ids, names)}
     if plots and save_dir is not None:
         plot_pr_curves({("box" if k == "bbox" else "mask"): v["pr50"] for k, v in scores.items() if "pr50" in v},

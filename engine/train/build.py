@@ -114,7 +114,7 @@ def build_trainer(opt: TrainOptions, train_loader=None) -> Trainer:
         train_loader.set_mosaic_epochs(mosaic_epochs(opt.epochs, hyp.close_mosaic))
     else:
         train_set = getattr(train_loader, "dataset", None)
-    val = _val_loader(data_cfg, opt, dist, device, stride) if dist.is_main and not opt.noval else None
+    val = None if opt.noval else _val_loader(data_cfg, opt, dist, device, stride)  # every rank validates a shard
     save_dir = _run_dir(opt, dist, resume)  # the first thing written: every check above has passed
     model = model.to(device, memory_format=fmt)
     configure_cuda(device, fixed_shapes=not (opt.multi_scale or opt.rect))
@@ -124,17 +124,15 @@ def build_trainer(opt: TrainOptions, train_loader=None) -> Trainer:
         LOG.info("%s", frozen.describe(len(model.layers)))
     optimizer = build_optimizer(model, opt.optimizer, hyp.lr0, hyp.momentum, config.effective_weight_decay)
     criterion = build_criterion(hyp.loss, model.head.kind, opt.img_size)
-    ema = ModelEMA(model) if dist.is_main else None
-    if ema is not None:
-        ema.skip = frozenset(frozen.params)  # unchanged: copied, not averaged (exact)
+    ema = ModelEMA(model)  # updated on rank 0; the other ranks' copy receives its weights to validate
+    ema.skip = frozenset(frozen.params)  # unchanged: copied, not averaged (exact)
     if resume:
         _restore_weights(model, ema, resume)
     compile_model(model, opt.compile)  # in place, after the EMA's copy
     wrapped = _distributed(model, opt, dist, device)
     names = ["item"] if opt.single_cls else list(data_cfg.names)
     describe = _describe(model, config, data_cfg, names)
-    hooks = _hooks(config, val, ema, save_dir, train_set, names, describe, device, precision,
-                   resume) if dist.is_main else []
+    hooks = _hooks(config, val, ema, save_dir, train_set, names, describe, device, precision, resume, dist)
     if frozen.layers:  # every rank: each keeps its own frozen BatchNorm layers in eval mode
         hooks.insert(0, FreezeHook(frozen_norms(unwrap(wrapped), frozen.layers)))
     trainer = Trainer(wrapped, criterion, optimizer, train_loader, config, device=device, dist=dist,
@@ -210,14 +208,17 @@ def _describe(model: Model, config: RunConfig, data_cfg: DataConfig, names: list
 
 
 def _hooks(config: RunConfig, val, ema: ModelEMA, save_dir: Path, train_set, names: list[str], describe: dict,
-           device: torch.device, precision, resume: Resume | None) -> list[Hook]:
-    """Rank 0's hooks, in the order they must run at each epoch's end: evaluate, log, save."""
+           device: torch.device, precision, resume: Resume | None, dist: DistInfo) -> list[Hook]:
+    """The hooks, in the order they must run at each epoch's end: evaluate, log, save. Rank 0 gets
+    them all; the other ranks only the evaluation (each validates a shard)."""
     opt = config.options
+    evaluation = [] if opt.noval else [EvalHook(_evaluator(val, save_dir, device, precision, dist), ema,
+                                                save_dir / "weights" / "best.pt", opt.patience,
+                                                final_only=opt.notest)]
+    if not dist.is_main:
+        return evaluation
     log = ResultsLog(save_dir, resume=resume is not None)
-    hooks: list[Hook] = [EMAHook(ema)]
-    if not opt.noval:
-        hooks.append(EvalHook(_evaluator(val, save_dir, device, precision), ema, save_dir / "weights" / "best.pt",
-                              opt.patience, final_only=opt.notest))
+    hooks: list[Hook] = [EMAHook(ema), *evaluation]
     hooks += [ResultsHook(log), CheckpointHook(save_dir / "weights", ema, describe, opt.nosave, opt.save_period)]
     if not opt.noplots:
         hooks.append(PlotHook(save_dir, train_set, names, log))
@@ -227,13 +228,16 @@ def _hooks(config: RunConfig, val, ema: ModelEMA, save_dir: Path, train_set, nam
 
 
 def _val_loader(data_cfg: DataConfig, opt: TrainOptions, dist: DistInfo, device: torch.device, stride: int):
-    """(loader, dataset) of the val split, rectangular batches twice the training batch per rank."""
-    return build_dataloader(data_cfg, "val", opt.val_img_size or opt.img_size, opt.batch_size // max(dist.world_size, 1) * 2, None,
-                            rect=True, cache=opt.cache, workers=opt.workers, single_cls=opt.single_cls, stride=stride,
+    """(loader, dataset) of this rank's shard of the val split, rectangular batches twice the
+    training batch per rank."""
+    return build_dataloader(data_cfg, "val", opt.val_img_size or opt.img_size,
+                            opt.batch_size // max(dist.world_size, 1) * 2, None, rect=True, cache=opt.cache,
+                            workers=opt.workers, rank=dist.rank, world_size=dist.world_size,
+                            single_cls=opt.single_cls, stride=stride,
                             pin_memory=device.type == "cuda")
 
 
-def _evaluator(val, save_dir: Path, device: torch.device, precision):
+def _evaluator(val, save_dir: Path, device: torch.device, precision, dist: DistInfo):
     """evaluate(model, plots, final) over the val split: each epoch in the training precision, the
     final one of best.pt in float32 with full-resolution masks, its predictions saved."""
     from engine.eval.evaluator import evaluate
@@ -242,7 +246,7 @@ def _evaluator(val, save_dir: Path, device: torch.device, precision):
 
     def run(model: nn.Module, plots: bool = False, final: bool = False):
         return evaluate(model, loader, dataset, device, half=precision.amp and not final, save_dir=save_dir,
-                        save_json=final, plots=plots, verbose=final, retina_masks=final)
+                        save_json=final, plots=plots, verbose=final, retina_masks=final, dist=dist)
 
     return run
 

@@ -1,8 +1,9 @@
 """Training hooks: what runs around the loop's steps without being the loop. Each gets the trainer
 at the events it overrides; they run in the order given, so a later hook of the same event sees
 what an earlier one wrote into `trainer.epoch_results` (evaluation before logging before saving).
-The builder installs the writing hooks on rank 0 only. (`trainer` is an
-engine.train.trainer.Trainer, not imported: the trainer imports this module.)"""
+The builder installs the writing hooks on rank 0 only (EvalHook, which writes on rank 0 only,
+on every rank). (`trainer` is an engine.train.trainer.Trainer, not imported: the trainer
+imports this module.)"""
 from __future__ import annotations
 
 import copy
@@ -17,10 +18,11 @@ import torch
 from torch import nn
 
 from engine.checkpoint import model_from_checkpoint
+from engine.device import elementwise_threads
 from engine.train.ema import ModelEMA
 from engine.train.results import ResultsLog
 from models.summary import stage_label
-from utils.dist import unwrap
+from utils.dist import broadcast_module, unwrap
 from utils.io import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from utils.memory import process_tree_rss
 from utils.structures import Batch
@@ -55,26 +57,36 @@ class EMAHook(Hook):
         self.ema = ema
 
     def after_optimizer_step(self, trainer) -> None:
-        self.ema.update(unwrap(trainer.model))
+        with elementwise_threads(trainer.device):
+            self.ema.update(unwrap(trainer.model))
 
 
 class EvalHook(Hook):
     """Validates the EMA model after every epoch (plots on the last; with `final_only`, YOLOv7's
     --notest, after the last only), keeps the best fitness, stops the run after `patience` epochs
     without improvement, and at the end scores best.pt at full mask resolution and prints the
-    COCO tables."""
+    COCO tables.
+
+    Under torch.distributed it runs on every rank: each predicts its shard of the validation set
+    and rank 0 scores them all. Only rank 0 updates its EMA; the other ranks' `ema` holds the
+    same architecture and receives rank 0's weights before each validation (one broadcast per
+    epoch; EMAs kept on every rank would drift apart, their BatchNorm statistics being each
+    rank's own)."""
 
     def __init__(self, evaluate, ema: ModelEMA, best: Path, patience: int = 0, final_only: bool = False):
-        """evaluate(model, plots=..., final=...) -> EvalResult."""
+        """evaluate(model, plots=..., final=...) -> EvalResult on rank 0, None on the others."""
         self.evaluate, self.ema, self.best, self.patience = evaluate, ema, best, patience
         self.final_only, self.stale = final_only, 0
 
     def after_epoch(self, trainer) -> None:
         epoch = trainer.epoch
         last = epoch + 1 == trainer.config.options.epochs
-        if self.final_only and not last:
+        if self.final_only and not last:  # the same on every rank: no broadcast is left unmatched
             return
+        broadcast_module(self.ema.ema, trainer.dist)
         result = self.evaluate(self.ema.ema, plots=last)
+        if result is None:  # not rank 0
+            return
         fitness = float(result.fitness)
         improved = fitness > trainer.best_fitness
         if improved:
@@ -86,8 +98,14 @@ class EvalHook(Hook):
             trainer.stop_requested = True
 
     def after_train(self, trainer) -> None:
-        model = model_from_checkpoint(load_checkpoint(self.best), self.best).to(trainer.device).eval()
+        if trainer.dist.is_main:
+            model = model_from_checkpoint(load_checkpoint(self.best), self.best).to(trainer.device).eval()
+        else:  # best.pt may live on rank 0's machine only: its weights come by broadcast
+            model = self.ema.ema
+        broadcast_module(model, trainer.dist)
         result = self.evaluate(model, plots=True, final=True)
+        if result is None:
+            return
         print(result.table())
         trainer.results.update(fitness=float(result.fitness), **result.summary())
 

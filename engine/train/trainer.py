@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from engine.config import RunConfig
-from engine.device import OutOfMemory, Precision, is_out_of_memory, out_of_memory_message
+from engine.device import OutOfMemory, Precision, elementwise_threads, is_out_of_memory, out_of_memory_message
 from engine.train.hooks import Hook
 from engine.train.optim import accumulation, lr_lambda, warmup, warmup_iterations
 from utils.dist import DistInfo, all_reduce_max, barrier, unwrap
@@ -168,7 +168,8 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
         self._call("before_optimizer_step")
-        self.scaler.step(self.optimizer)
+        with elementwise_threads(self.device):
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self._call("after_optimizer_step")

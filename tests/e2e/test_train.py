@@ -111,6 +111,9 @@ def test_two_process_gloo_ddp_saves_once(tmp_path):
     runs = list((tmp_path / "runs").iterdir())
     assert [p.name for p in runs] == ["exp"]  # rank 1 made no folder of its own
     assert load_checkpoint(runs[0] / "weights/last.pt")["epoch"] == 0
+    # both ranks validated (each a shard of the 4 images), rank 0 scored and printed the final tables once
+    assert "metrics/box_AP" in (runs[0] / "results.csv").read_text()
+    assert r.stdout.count("4 images,") == 1 and (runs[0] / "predictions.json").is_file()
 
 
 @pytest.mark.parametrize("cfg", ["yolor-csp-stopgrad-b-seg", "yolor-elan-af-seg"])

@@ -429,8 +429,11 @@ def test_ram_cache_that_would_not_fit_is_refused(monkeypatch):
     monkeypatch.setattr("data.images.psutil.virtual_memory", lambda: type("M", (), {"available": 2**20})())
     with pytest.raises(ConfigError, match=r"--cache ram: needs .* GiB but only .* available; use --cache disk"):
         ImageReader(files, shapes, 640, True, cache="ram")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: every local rank holds a copy
-    monkeypatch.setattr("data.images.psutil.virtual_memory", lambda: type("M", (), {"available": 4 * 2**20})())
+    need = ImageReader(files, shapes, 640, True).nbytes()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: the node's 4 ranks share one copy
+    monkeypatch.setattr("data.images.psutil.virtual_memory", lambda: type("M", (), {"available": 2 * need})())
+    assert ImageReader(files, shapes, 640, True, cache="ram").block.size == need
+    monkeypatch.setattr("data.images.shared_memory.supported", lambda: False)  # no memfd: a copy per rank
     with pytest.raises(ConfigError, match="x 4 local ranks"):
         ImageReader(files, shapes, 640, True, cache="ram")
 
