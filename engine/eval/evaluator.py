@@ -188,7 +188,8 @@ def evaluate(model, loader, dataset, device: torch.device, conf_thres: float = 0
     if save_json and save_dir is not None:
         atomic_write_text(Path(save_dir) / "predictions.json", json.dumps(results))
     gt = load_gt(dataset.ann_file)  # the default backend, as score() below
-    scores = score(dataset.ann_file, results, ("bbox", "segm") if has_masks(model) else ("bbox",), img_ids, gt,
+    masks = has_masks(model)
+    scores = score(dataset.ann_file, results, ("bbox", "segm") if masks else ("bbox",), img_ids, gt,
                    use_cats=not single_cls, copy_results=False)  # saved above: the scorer may change them
     names_by_id = {cid: n for cid, n in zip(dataset.category_ids, names)}
     if plots and save_dir is not None:
