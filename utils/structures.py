@@ -106,3 +106,16 @@ class Detections:
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
+
+
+@dataclass
+class TrackedDetections(Detections):
+    """One frame's tracked objects: Detections whose every row carries the identity of its track.
+
+    track_ids: int64 (N,), >= 1, stable for one object over a source's frames. classes: the
+    track's class (its majority over the frames seen), not the frame's own vote. frame: the
+    source's frame index (from 0).
+    """
+
+    track_ids: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    frame: int = 0

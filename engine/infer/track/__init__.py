@@ -1,0 +1,4 @@
+"""Tracking by detection: persistent ids for the objects of a video or stream, one tracker per source."""
+from engine.infer.track.tracker import TrackCounts, Tracker, TrackerConfig
+
+__all__ = ["TrackCounts", "Tracker", "TrackerConfig"]
