@@ -39,6 +39,7 @@ class SequenceSpec:
     objects: int = 6                          # present from the first frame
     arrivals: int = 0                         # enter from an edge later on
     departures: int = 0                       # of the objects, how many leave through an edge early
+    crossings: int = 0                        # pairs of the first objects sent to meet at one point
     speed: tuple[float, float] = (2.0, 6.0)   # pixels per frame
     height: tuple[int, int] = (80, 170)       # pasted object height in pixels
     one_class: bool = False                   # all objects of the most common class (hardest identities)
@@ -46,11 +47,11 @@ class SequenceSpec:
 
 # The benchmark's sequences: each stresses something else. Seeds fixed so figures can be rerun.
 SEQUENCES: dict[str, SequenceSpec] = {s.name: s for s in (
-    SequenceSpec("crossing", seed=11, objects=6),
-    SequenceSpec("same-class", seed=12, objects=6, one_class=True),
-    SequenceSpec("crowd", seed=13, objects=9, height=(70, 140), speed=(1.5, 4.5)),
-    SequenceSpec("fast", seed=14, objects=5, speed=(7.0, 12.0)),
-    SequenceSpec("arrivals", seed=15, objects=3, arrivals=4, departures=2, speed=(2.0, 5.0)),
+    SequenceSpec("crossing", seed=11, objects=6, crossings=3),
+    SequenceSpec("same-class", seed=12, objects=6, crossings=3, one_class=True),
+    SequenceSpec("crowd", seed=13, objects=9, crossings=3, height=(70, 140), speed=(1.5, 4.5)),
+    SequenceSpec("fast", seed=14, objects=5, crossings=2, speed=(7.0, 12.0)),
+    SequenceSpec("arrivals", seed=15, objects=3, arrivals=4, departures=2, crossings=1, speed=(2.0, 5.0)),
 )}
 
 
@@ -205,10 +206,25 @@ def _movers(spec: SequenceSpec, sprites: list[Sprite], rng: np.random.Generator)
             m = Mover(sp, x, rng.uniform(0, h - sh), abs(vx) if left else -abs(vx), vy,
                       int(rng.integers(spec.frames // 8, spec.frames * 5 // 8)), spec.frames)
         movers.append(m)
+    for c in range(min(spec.crossings, spec.objects // 2)):
+        meet = int(rng.integers(spec.frames // 5, spec.frames * 4 // 5))
+        cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+        for m in movers[2 * c:2 * c + 2]:
+            _send_to(m, cx, cy, meet, w, h)
     order = rng.permutation(len(movers))  # ids in the GT do not reveal the creation order
     for tid, k in enumerate(order, 1):
         movers[k].track_id = tid
     return movers
+
+
+def _send_to(m: Mover, cx: float, cy: float, frame: int, w: int, h: int) -> None:
+    """Place m so that its centre is at (cx, cy) on `frame`: run its path backwards from there
+    (bounces are their own reverse)."""
+    sh, sw = m.sprite.image.shape[:2]
+    back = Mover(m.sprite, cx - sw / 2, cy - sh / 2, -m.vx, -m.vy, 0, frame + 1, inside=True)
+    for t in range(frame):
+        _step(back, t, w, h)
+    m.x, m.y, m.vx, m.vy = back.x, back.y, -back.vx, -back.vy
 
 
 def _step(m: Mover, t: int, w: int, h: int) -> None:

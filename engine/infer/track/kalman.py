@@ -67,22 +67,28 @@ def predict(mean: np.ndarray, cov: np.ndarray, dt: float, noise: MotionNoise) ->
 
 
 def project(mean: np.ndarray, cov: np.ndarray, noise: MotionNoise,
-            confidence: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted measurement (N,4) and its covariance (N,4,4) with the detector's noise added;
-    a low-confidence detection counts as a noisier measurement."""
+            scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted measurement (N,4) and its covariance (N,4,4) with the detector's noise added,
+    that noise's variance multiplied by `scale` (N,) where a measurement is less trustworthy."""
     s = _scales(mean[:, :4])
     r = (noise.measurement * s) ** 2
-    if confidence is not None:
-        r = r * (1.0 + 3.0 * (1.0 - np.clip(confidence, 0.0, 1.0)))[:, None]
+    if scale is not None:
+        r = r * scale[:, None]
     R = np.zeros((len(mean), 4, 4))
     R[:, np.arange(4), np.arange(4)] = r
     return mean[:, :4].copy(), cov[:, :4, :4] + R
 
 
+def measurement_scale(confidence: np.ndarray, crowded: np.ndarray) -> np.ndarray:
+    """Variance factor of a detection: a weak score, or a box shared with another object (two
+    overlapping objects detected as one box, or one partly hidden), is a noisier measurement."""
+    return (1.0 + 3.0 * (1.0 - np.clip(confidence, 0.0, 1.0))) * np.where(crowded, 10.0, 1.0)
+
+
 def update(mean: np.ndarray, cov: np.ndarray, z: np.ndarray, noise: MotionNoise,
-           confidence: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Correct (N,8) states with (N,4) cxcywh measurements, one per state."""
-    zp, S = project(mean, cov, noise, confidence)
+           scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Correct (N,8) states with (N,4) cxcywh measurements, one per state; `scale` as in project."""
+    zp, S = project(mean, cov, noise, scale)
     PHt = cov[:, :, :4]                                 # P H^T with H = [I 0]
     K = np.linalg.solve(S, PHt.transpose(0, 2, 1)).transpose(0, 2, 1)  # (N,8,4)
     mean = mean + np.einsum("nij,nj->ni", K, z - zp)

@@ -33,6 +33,7 @@ class Track:
     track_id: int = 0                # 0 until confirmed
     status: str = TENTATIVE
     hits: int = 1                    # consecutive frames with a detection
+    evidence: float = 0.0            # summed scores of those frames
     first_frame: int = 0
     mask: tuple[np.ndarray, tuple[int, int]] | None = None  # last mask cropped to its box, (x0, y0)
 
@@ -40,7 +41,8 @@ class Track:
     def start(cls, box: np.ndarray, score: float, cls_: int, frame: int, noise: MotionNoise) -> "Track":
         z = kalman.xyxy_to_cxcywh(box[None])
         mean, cov = kalman.initiate(z, noise)
-        return cls(mean[0], cov[0], Observation(frame, z[0], mean[0], cov[0]), score, {cls_: score}, first_frame=frame)
+        return cls(mean[0], cov[0], Observation(frame, z[0], mean[0], cov[0]), score, {cls_: score},
+                   evidence=score, first_frame=frame)
 
     @property
     def cls(self) -> int:
@@ -55,28 +57,31 @@ class Track:
         """Frames since the last detection."""
         return frame - self.last.frame
 
-    def take(self, box: np.ndarray, score: float, cls_: int, frame: int, noise: MotionNoise) -> None:
-        """Correct the state with a matched detection. After a gap the filter is re-run from the
-        last observation along the straight line to this one, one frame at a time."""
+    def take(self, box: np.ndarray, score: float, cls_: int, frame: int, noise: MotionNoise,
+             crowded: bool = False) -> None:
+        """Correct the state with a matched detection (`crowded`: its box overlaps another
+        track's too, so it may show both objects or only part of this one). After a gap the
+        filter is re-run from the last observation along the straight line to this one."""
         z = kalman.xyxy_to_cxcywh(box[None])[0]
         gap = frame - self.last.frame
-        conf = np.array([score])
+        scale = kalman.measurement_scale(np.array([score]), np.array([crowded]))
         if gap > 1 and self.hits == 0:
             mean, cov = self.last.mean[None], self.last.cov[None]
             for k in range(1, gap + 1):
                 mean, cov = kalman.predict(mean, cov, 1.0, noise)
                 zk = self.last.z + (z - self.last.z) * (k / gap)
-                mean, cov = kalman.update(mean, cov, zk[None], noise, conf)
+                mean, cov = kalman.update(mean, cov, zk[None], noise, scale)
         else:
-            mean, cov = kalman.update(self.mean[None], self.cov[None], z[None], noise, conf)
+            mean, cov = kalman.update(self.mean[None], self.cov[None], z[None], noise, scale)
         self.mean, self.cov = mean[0], cov[0]
         self.last = Observation(frame, z, self.mean.copy(), self.cov.copy())
         self.score = score
         self.votes[cls_] = self.votes.get(cls_, 0.0) + score
         self.hits += 1
+        self.evidence += score
 
     def miss(self) -> None:
         """No detection this frame: stop the size from drifting while the object is not seen."""
         if self.hits:
             self.mean[6:8] = 0.0
-        self.hits = 0
+        self.hits, self.evidence = 0, 0.0

@@ -1,7 +1,7 @@
 """Multi-object tracking by detection for one source: Kalman motion per track, association in
 stages (confident detections first, then the weak ones against the tracks left, then recovery of
-lost tracks by motion-gated distance), tracks confirmed after a few frames and kept through a
-lost-track buffer measured in frames.
+lost tracks by motion-gated distance), tracks confirmed once enough evidence has piled up and
+kept through a lost-track buffer measured in frames.
 
     tracker = Tracker(TrackerConfig(), fps=25.0)
     for frame_index, dets in ...:                 # Detections in original-image pixels
@@ -26,10 +26,11 @@ from utils.structures import Detections, TrackedDetections
 class TrackerConfig:
     high_score: float = 0.5        # detections at or above take part in the first stage
     low_score: float = 0.1         # weaker ones are ignored
-    new_track_score: float = 0.6   # an unmatched detection this confident starts a track
+    birth_score: float = 0.3       # an unmatched detection this confident starts a tentative track
+    confirm_hits: int = 3          # consecutive frames before a new track can get an id ...
+    confirm_evidence: float = 1.8  # ... and the summed scores of those frames
     match_iou: float = 0.2         # least similarity of a first-stage match
     low_match_iou: float = 0.4     # the weak detections need a clearer overlap
-    confirm_hits: int = 3          # consecutive frames before a new track gets an id
     lost_seconds: float = 2.0      # how long a lost track can be found again
     class_penalty: float = 0.5     # similarity factor when the detection's class is not the track's
     mask_weight: float = 0.5       # share of mask IoU in the similarity of ambiguous pairs
@@ -84,19 +85,14 @@ class Tracker:
             raise ValueError(f"tracker: frame {frame} after frame {self.frame}; frames must come in increasing order")
         dt = 1 if self.frame is None else frame - self.frame
         first, previous, self.frame = self.frame is None, self.frame, frame
+        self._retire(frame)
         self._predict(dt)
         d = FrameDetections.of(dets)
         matches = self._associate(d, previous)
-        for t, k in matches.items():
-            self.tracks[t].take(d.boxes[k], float(d.scores[k]), int(d.classes[k]), frame, self.config.noise)
-            if self.tracks[t].mask is not None or d.masks is not None:
-                self.tracks[t].mask = d.mask(k)
-        for t, track in enumerate(self.tracks):
-            if t not in matches:
-                track.miss()
-        self._start_tracks(d, matches, frame, first)
+        self._apply(d, matches, frame)
         seen = [(self.tracks[t], k) for t, k in matches.items()]
-        self._confirm_and_retire(frame)
+        seen += self._start_tracks(d, set(matches.values()), frame, first)
+        self._confirm()
         return self._output(dets, seen)
 
     def _predict(self, dt: float) -> None:
@@ -107,32 +103,42 @@ class Tracker:
         for t, m, c in zip(self.tracks, mean, cov):
             t.mean, t.cov = m, c
 
-    def _similarity(self, tracks: list[int], d: FrameDetections, dets: np.ndarray, use_masks: bool) -> np.ndarray:
-        """(T,D) IoU of predicted and detected boxes, blended with mask IoU where the boxes are
-        ambiguous, and lowered where the classes disagree."""
-        cfg = self.config
-        boxes = np.stack([self.tracks[t].box for t in tracks]) if tracks else np.zeros((0, 4))
-        sim = box_iou(boxes, d.boxes[dets])
-        if use_masks and d.masks is not None and sim.size:
-            for i, j in zip(*np.nonzero(ambiguous_pairs(sim, cfg.ambiguous_iou))):
-                track = self.tracks[tracks[i]]
-                if track.mask is None:
-                    continue
-                # the last mask moved along with its box's predicted corner
-                moved = (int(round(track.box[0])), int(round(track.box[1])))
-                miou = shifted_mask_iou(track.mask[0], moved, *d.mask(int(dets[j])))
-                sim[i, j] = (1 - cfg.mask_weight) * sim[i, j] + cfg.mask_weight * miou
-        if sim.size:
-            track_cls = np.array([self.tracks[t].cls for t in tracks])
-            sim = np.where(class_agreement(track_cls, d.classes[dets]), sim, sim * cfg.class_penalty)
-        return sim
+    def _boxes(self, tracks: list[int]) -> np.ndarray:
+        return np.stack([self.tracks[t].box for t in tracks]) if tracks else np.zeros((0, 4))
 
-    def _match(self, tracks: list[int], d: FrameDetections, dets: np.ndarray, minimum: float,
-               use_masks: bool = True) -> list[tuple[int, int]]:
+    def _similarity(self, tracks: list[int], d: FrameDetections, dets: np.ndarray) -> np.ndarray:
+        """(T,D) IoU of predicted and detected boxes. Where the boxes are ambiguous (crossing
+        objects), it is weighed by how well the pair fits the track's motion and size, and
+        blended with the IoU of the track's last mask moved to its predicted place. Lowered
+        where the classes disagree."""
+        cfg = self.config
+        sim = box_iou(self._boxes(tracks), d.boxes[dets])
+        if not sim.size:
+            return sim
+        amb = ambiguous_pairs(sim, cfg.ambiguous_iou)
+        if amb.any():
+            mean = np.stack([self.tracks[t].mean for t in tracks])
+            cov = np.stack([self.tracks[t].cov for t in tracks])
+            dist = kalman.gating_distance(mean, cov, kalman.xyxy_to_cxcywh(d.boxes[dets]), cfg.noise)
+            sim = np.where(amb, sim * np.exp(-dist / (2 * cfg.recover_gate)), sim)
+            if d.masks is not None:
+                for i, j in zip(*np.nonzero(amb)):
+                    sim[i, j] = self._blend_mask(sim[i, j], self.tracks[tracks[i]], d, int(dets[j]))
+        track_cls = np.array([self.tracks[t].cls for t in tracks])
+        return np.where(class_agreement(track_cls, d.classes[dets]), sim, sim * cfg.class_penalty)
+
+    def _blend_mask(self, sim: float, track: Track, d: FrameDetections, k: int) -> float:
+        if track.mask is None:
+            return sim
+        moved = (int(round(track.box[0])), int(round(track.box[1])))  # the mask follows its box's corner
+        w = self.config.mask_weight
+        return (1 - w) * sim + w * shifted_mask_iou(track.mask[0], moved, *d.mask(k))
+
+    def _match(self, tracks: list[int], d: FrameDetections, dets: np.ndarray, minimum: float) -> list[tuple[int, int]]:
         """Assign tracks (indices into self.tracks) to dets (indices into d); returns pairs of those indices."""
         if not tracks or not len(dets):
             return []
-        return [(tracks[i], int(dets[j])) for i, j in assign(self._similarity(tracks, d, dets, use_masks), minimum)]
+        return [(tracks[i], int(dets[j])) for i, j in assign(self._similarity(tracks, d, dets), minimum)]
 
     def _recover(self, tracks: list[int], d: FrameDetections, dets: np.ndarray) -> list[tuple[int, int]]:
         """Lost tracks against the detections nobody took: the motion-gated Mahalanobis distance
@@ -148,52 +154,86 @@ class Tracker:
 
     def _associate(self, d: FrameDetections, previous: int | None) -> dict[int, int]:
         cfg = self.config
-        high = np.nonzero(d.scores >= cfg.high_score)[0]
-        low = np.nonzero((d.scores >= cfg.low_score) & (d.scores < cfg.high_score))[0]
-        confirmed = [t for t, tr in enumerate(self.tracks) if tr.status == CONFIRMED]
-        tentative = [t for t, tr in enumerate(self.tracks) if tr.status == TENTATIVE]
         matches: dict[int, int] = {}
 
-        def take(pairs):
-            matches.update(pairs)
-            return [t for t in confirmed if t not in matches], np.array([k for k in high if k not in matches.values()], int)
+        def free(tracks, dets):
+            return [t for t in tracks if t not in matches], np.array([k for k in dets if k not in matches.values()], int)
 
-        left, high_left = take(self._match(confirmed, d, high, cfg.match_iou))
+        confirmed = [t for t, tr in enumerate(self.tracks) if tr.status == CONFIRMED]
+        tentative = [t for t, tr in enumerate(self.tracks) if tr.status == TENTATIVE]
+        high = np.nonzero(d.scores >= cfg.high_score)[0]
+        low = np.nonzero((d.scores >= cfg.low_score) & (d.scores < cfg.high_score))[0]
+        matches.update(self._match(confirmed, d, high, cfg.match_iou))
+        left, low = free(confirmed, low)
         recent = [t for t in left if self.tracks[t].last.frame == previous]  # seen in the previous frame
-        left, _ = take(self._match(recent, d, low, cfg.low_match_iou, use_masks=False))
-        _, high_left = take(self._match(tentative, d, high_left, cfg.match_iou))
-        take(self._recover([t for t in left if t not in matches], d, high_left))
+        matches.update(self._match(recent, d, low, cfg.low_match_iou))
+        left, high = free(confirmed, high)
+        matches.update(self._recover(left, d, high))
+        # tentative tracks take what is left of the detections able to start one
+        _, births = free([], np.nonzero(d.scores >= cfg.birth_score)[0])
+        matches.update(self._match(tentative, d, births, cfg.match_iou))
         return matches
 
-    def _start_tracks(self, d: FrameDetections, matches: dict[int, int], frame: int, first: bool) -> None:
+    def _apply(self, d: FrameDetections, matches: dict[int, int], frame: int) -> None:
+        """Correct the matched tracks; a box overlapping another track's prediction counts as a
+        noisier measurement."""
+        boxes = self._boxes(list(range(len(self.tracks))))
+        for t, k in matches.items():
+            iou = box_iou(d.boxes[k:k + 1], boxes)[0]
+            iou[t] = 0.0
+            crowded = bool(len(iou)) and iou.max() >= self.config.ambiguous_iou
+            self.tracks[t].take(d.boxes[k], float(d.scores[k]), int(d.classes[k]), frame, self.config.noise, crowded)
+            if d.masks is not None:
+                self.tracks[t].mask = d.mask(k)
+        for t, track in enumerate(self.tracks):
+            if t not in matches:
+                track.miss()
+
+    def _start_tracks(self, d: FrameDetections, taken: set[int], frame: int, first: bool) -> list[tuple[Track, int]]:
+        """Tentative tracks from the detections nobody took, except second boxes on an object
+        already tracked (another class, or a part of it)."""
         cfg = self.config
-        taken = set(matches.values())
-        matched_boxes = d.boxes[sorted(taken)] if taken else np.zeros((0, 4))
-        for k in np.nonzero(d.scores >= cfg.new_track_score)[0]:
-            if k in taken:
+        started, kept = [], sorted(taken)
+        for k in np.nonzero(d.scores >= cfg.birth_score)[0]:
+            if k in taken or self._duplicate(d, int(k), kept):
                 continue
-            if len(matched_boxes) and box_iou(d.boxes[k:k + 1], matched_boxes).max() >= cfg.duplicate_iou:
-                continue  # a second box on an object already tracked (another class, a part)
             track = Track.start(d.boxes[k], float(d.scores[k]), int(d.classes[k]), frame, cfg.noise)
             track.mask = d.mask(int(k))
-            if first:  # nothing to confirm against on a source's first frame
-                track.hits = cfg.confirm_hits
-            matches[len(self.tracks)] = int(k)
+            if first and d.scores[k] >= cfg.high_score:  # nothing to confirm against on a source's first frame
+                track.hits, track.evidence = cfg.confirm_hits, cfg.confirm_evidence
             self.tracks.append(track)
-            matched_boxes = np.concatenate([matched_boxes, d.boxes[k:k + 1]])
+            started.append((track, int(k)))
+            kept.append(int(k))
+        return started
 
-    def _confirm_and_retire(self, frame: int) -> None:
-        kept = []
+    def _duplicate(self, d: FrameDetections, k: int, kept: list[int]) -> bool:
+        """Whether detection k mostly covers one already kept this frame: by box, and where
+        masks exist by mask too (two objects can share a box, not a mask)."""
+        if not kept:
+            return False
+        iou = box_iou(d.boxes[k:k + 1], d.boxes[kept])[0]
+        close = [j for j, v in zip(kept, iou) if v >= self.config.duplicate_iou]
+        if d.masks is None or not close:
+            return bool(close)
+        return any(shifted_mask_iou(*d.mask(k), *d.mask(j)) >= 0.5 for j in close)
+
+    def _retire(self, frame: int) -> None:
+        """Give up the tracks lost for longer than the buffer (before matching: a stream's gap
+        can be longer than the buffer)."""
+        kept = [t for t in self.tracks if t.status != CONFIRMED or t.missed(frame) <= self.buffer]
+        self.counts.ended += len(self.tracks) - len(kept)
+        self.tracks = kept
+
+    def _confirm(self) -> None:
+        """Give ids to the tentative tracks with enough evidence; drop those that missed a frame."""
+        cfg, kept = self.config, []
         for t in self.tracks:
-            if t.status == TENTATIVE and t.hits >= self.config.confirm_hits:
+            if t.status == TENTATIVE and t.hits >= cfg.confirm_hits and t.evidence >= cfg.confirm_evidence:
                 t.status, t.track_id = CONFIRMED, self.next_id
                 self.next_id += 1
                 self.counts.started += 1
             if t.status == TENTATIVE and t.hits == 0:
                 continue  # a new track that missed a frame was noise
-            if t.status == CONFIRMED and t.missed(frame) > self.buffer:
-                self.counts.ended += 1
-                continue
             kept.append(t)
         self.tracks = kept
         self.counts.alive = sum(t.status == CONFIRMED for t in kept)
