@@ -87,7 +87,7 @@ class Sequence:
     spec: SequenceSpec
     frames: list[np.ndarray]
     gt: list[tuple]          # (frame, id, x, y, w, h, cls, visibility), frame from 1
-    sources: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # the object of track id k is sources[k - 1]
 
 
 def find_coco_source(shared_data: Path | None = None) -> tuple[Path, Path]:
@@ -293,7 +293,7 @@ def render(spec: SequenceSpec, sprites: list[Sprite], scenes: list[Path]) -> Seq
         frames.append(frame)
         for m in movers:
             _step(m, t, w, h)
-    return Sequence(spec, frames, gt, [m.sprite.source for m in movers])
+    return Sequence(spec, frames, gt, [m.sprite.source for m in sorted(movers, key=lambda m: m.track_id)])
 
 
 def write_video(frames: list[np.ndarray], path: Path, fps: float) -> Path:
@@ -315,7 +315,8 @@ def gt_lines(gt: list[tuple]) -> str:
 
 
 def write_sequence(seq: Sequence, out_dir: Path) -> Path:
-    """out_dir/NAME/{NAME.mp4, gt/gt.txt, seqinfo.ini, sources.txt}; returns the sequence folder."""
+    """out_dir/NAME/{NAME.mp4, gt/gt.txt, seqinfo.ini, sources.txt (line k: the object of id k)};
+    returns the sequence folder."""
     spec = seq.spec
     folder = Path(out_dir) / spec.name
     (folder / "gt").mkdir(parents=True, exist_ok=True)

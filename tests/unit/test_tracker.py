@@ -9,7 +9,7 @@ import torch
 
 from data.sequences import SequenceSpec, find_coco_source, load_sprites, render
 from engine.eval.mot.metrics import _iou
-from engine.infer.track import Tracker, TrackerConfig
+from engine.infer.track import SourceTrackers, Tracker, TrackerConfig, tracker_config
 from utils.structures import Detections
 
 # three objects on 320x240, one pair sent to cross: seed 6 hides one of them for several frames
@@ -144,3 +144,19 @@ def test_output_contract(sequence):
     assert out.track_ids.dtype == torch.int64 and (out.track_ids >= 1).all()
     assert len(set(out.track_ids.tolist())) == len(out)
     assert tracker.counts.started == tracker.counts.alive == len(out)
+
+
+def test_each_source_keeps_its_own_tracks(sequence):
+    """Two streams interleaved frame by frame: each source's ids are those it gets alone."""
+    gt = np.array(sequence.gt, dtype=np.float64)
+    forward = run(gt, range(1, 31))[1]
+    backward = Tracker(fps=25.0)
+    both = SourceTrackers()
+    for i, f in enumerate(range(1, 31)):
+        a = both.update("cam0", 25.0, gt_detections(gt, f), i)
+        b = both.update("cam1", 25.0, gt_detections(gt, 31 - f), i)  # the other plays it backwards
+        assert a.track_ids.tolist() == forward[f][0].tolist()
+        assert b.track_ids.tolist() == backward.update(gt_detections(gt, 31 - f), i).track_ids.tolist()
+    assert both.counts().started == both.trackers["cam0"].counts.started + both.trackers["cam1"].counts.started
+    with pytest.raises(ValueError, match="--tracker nope: unknown tracker"):
+        tracker_config("nope")
