@@ -47,6 +47,17 @@ def shifted_mask_iou(track_mask: np.ndarray, track_origin: tuple[int, int], det_
     return inter / union if union else 0.0
 
 
-def class_agreement(track_classes: np.ndarray, det_classes: np.ndarray) -> np.ndarray:
-    """(T,D) bool: the detection's class is the track's (majority) class."""
-    return track_classes[:, None] == det_classes[None, :]
+def class_agreement(votes: list[dict[int, float]], det_classes: np.ndarray, share: float) -> np.ndarray:
+    """(T,D) bool: the detection's class has at least `share` of the track's class votes (a
+    detector's class for one object flickers between a few, so the majority alone is too strict)."""
+    out = np.zeros((len(votes), len(det_classes)), bool)
+    for i, v in enumerate(votes):
+        total = sum(v.values())
+        out[i] = [v.get(int(c), 0.0) >= share * total for c in det_classes]
+    return out
+
+
+def vote_overlap(a: dict[int, float], b: dict[int, float]) -> float:
+    """How much two tracks' class distributions overlap (1: the same, 0: no class in common)."""
+    ta, tb = sum(a.values()), sum(b.values())
+    return sum(min(v / ta, b.get(c, 0.0) / tb) for c, v in a.items())

@@ -79,10 +79,9 @@ def project(mean: np.ndarray, cov: np.ndarray, noise: MotionNoise,
     return mean[:, :4].copy(), cov[:, :4, :4] + R
 
 
-def measurement_scale(confidence: np.ndarray, crowded: np.ndarray) -> np.ndarray:
-    """Variance factor of a detection: a weak score, or a box shared with another object (two
-    overlapping objects detected as one box, or one partly hidden), is a noisier measurement."""
-    return (1.0 + 3.0 * (1.0 - np.clip(confidence, 0.0, 1.0))) * np.where(crowded, 10.0, 1.0)
+def measurement_scale(confidence: np.ndarray) -> np.ndarray:
+    """Variance factor of a detection: the weaker its score, the noisier the measurement."""
+    return 1.0 + 3.0 * (1.0 - np.clip(confidence, 0.0, 1.0))
 
 
 def update(mean: np.ndarray, cov: np.ndarray, z: np.ndarray, noise: MotionNoise,

@@ -8,7 +8,7 @@ import numpy as np
 from engine.infer.track import kalman
 from engine.infer.track.kalman import MotionNoise
 
-TENTATIVE, CONFIRMED = "tentative", "confirmed"
+TENTATIVE, CONFIRMED, MERGED = "tentative", "confirmed", "merged"  # MERGED: its id went on in another track
 
 
 @dataclass
@@ -57,14 +57,12 @@ class Track:
         """Frames since the last detection."""
         return frame - self.last.frame
 
-    def take(self, box: np.ndarray, score: float, cls_: int, frame: int, noise: MotionNoise,
-             crowded: bool = False) -> None:
-        """Correct the state with a matched detection (`crowded`: its box overlaps another
-        track's too, so it may show both objects or only part of this one). After a gap the
-        filter is re-run from the last observation along the straight line to this one."""
+    def take(self, box: np.ndarray, score: float, cls_: int, frame: int, noise: MotionNoise) -> None:
+        """Correct the state with a matched detection. After a gap the filter is re-run from the
+        last observation along the straight line to this one."""
         z = kalman.xyxy_to_cxcywh(box[None])[0]
         gap = frame - self.last.frame
-        scale = kalman.measurement_scale(np.array([score]), np.array([crowded]))
+        scale = kalman.measurement_scale(np.array([score]))
         if gap > 1 and self.hits == 0:
             mean, cov = self.last.mean[None], self.last.cov[None]
             for k in range(1, gap + 1):

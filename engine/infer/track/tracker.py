@@ -1,7 +1,9 @@
 """Multi-object tracking by detection for one source: Kalman motion per track, association in
 stages (confident detections first, then the weak ones against the tracks left, then recovery of
-lost tracks by motion-gated distance), tracks confirmed once enough evidence has piled up and
-kept through a lost-track buffer measured in frames.
+lost tracks by motion-gated distance), tracks confirmed once enough evidence has piled up (or
+given back the id of a lost track their motion leads to), kept through a lost-track buffer
+measured in frames. Where boxes are ambiguous (objects crossing), motion and size consistency
+and, for segmentation models, the mask IoU decide.
 
     tracker = Tracker(TrackerConfig(), fps=25.0)
     for frame_index, dets in ...:                 # Detections in original-image pixels
@@ -16,23 +18,29 @@ import torch
 
 from engine.infer.track import kalman
 from engine.infer.track.assign import assign
-from engine.infer.track.cues import ambiguous_pairs, box_iou, class_agreement, crop_mask, shifted_mask_iou
+from engine.infer.track.cues import (ambiguous_pairs, box_iou, class_agreement, crop_mask, shifted_mask_iou,
+                                     vote_overlap)
 from engine.infer.track.kalman import CHI2_95_4DOF, MotionNoise
-from engine.infer.track.track import CONFIRMED, TENTATIVE, Track
+from engine.infer.track.track import CONFIRMED, MERGED, TENTATIVE, Track
 from utils.structures import Detections, TrackedDetections
 
 
 @dataclass(frozen=True)
 class TrackerConfig:
+    """Defaults chosen on generated sequences of other seeds than the benchmark's (see
+    benchmarks/tracking.py)."""
+
     high_score: float = 0.5        # detections at or above take part in the first stage
     low_score: float = 0.1         # weaker ones are ignored
     birth_score: float = 0.3       # an unmatched detection this confident starts a tentative track
     confirm_hits: int = 3          # consecutive frames before a new track can get an id ...
-    confirm_evidence: float = 1.8  # ... and the summed scores of those frames
-    match_iou: float = 0.2         # least similarity of a first-stage match
+    confirm_evidence: float = 3.0  # ... and the summed scores of those frames
+    match_iou: float = 0.2         # least similarity of a match by overlap
     low_match_iou: float = 0.4     # the weak detections need a clearer overlap
-    lost_seconds: float = 2.0      # how long a lost track can be found again
-    class_penalty: float = 0.5     # similarity factor when the detection's class is not the track's
+    lost_seconds: float = 3.0      # how long a lost track can be found again
+    lost_iou_frames: int = 10      # after this many missed frames, a lost track is found by motion only
+    class_penalty: float = 0.5     # similarity factor when the detection's class is not one of the track's
+    class_share: float = 0.2       # a class with this share of a track's votes is one of its classes
     mask_weight: float = 0.5       # share of mask IoU in the similarity of ambiguous pairs
     ambiguous_iou: float = 0.3     # a box overlapping two candidates this much is ambiguous
     duplicate_iou: float = 0.7     # an unmatched box overlapping a matched one this much is its duplicate
@@ -124,8 +132,8 @@ class Tracker:
             if d.masks is not None:
                 for i, j in zip(*np.nonzero(amb)):
                     sim[i, j] = self._blend_mask(sim[i, j], self.tracks[tracks[i]], d, int(dets[j]))
-        track_cls = np.array([self.tracks[t].cls for t in tracks])
-        return np.where(class_agreement(track_cls, d.classes[dets]), sim, sim * cfg.class_penalty)
+        agree = class_agreement([self.tracks[t].votes for t in tracks], d.classes[dets], cfg.class_share)
+        return np.where(agree, sim, sim * cfg.class_penalty)
 
     def _blend_mask(self, sim: float, track: Track, d: FrameDetections, k: int) -> float:
         if track.mask is None:
@@ -142,13 +150,13 @@ class Tracker:
 
     def _recover(self, tracks: list[int], d: FrameDetections, dets: np.ndarray) -> list[tuple[int, int]]:
         """Lost tracks against the detections nobody took: the motion-gated Mahalanobis distance
-        of box and size, same class only (no overlap is left to vouch for the pair)."""
+        of box and size, one of the track's classes only (no overlap is left to vouch for the pair)."""
         if not tracks or not len(dets):
             return []
         mean = np.stack([self.tracks[t].mean for t in tracks])
         cov = np.stack([self.tracks[t].cov for t in tracks])
         dist = kalman.gating_distance(mean, cov, kalman.xyxy_to_cxcywh(d.boxes[dets]), self.config.noise)
-        same = class_agreement(np.array([self.tracks[t].cls for t in tracks]), d.classes[dets])
+        same = class_agreement([self.tracks[t].votes for t in tracks], d.classes[dets], self.config.class_share)
         sim = np.where(same & (dist <= self.config.recover_gate), 1.0 / (1.0 + dist), 0.0)
         return [(tracks[i], int(dets[j])) for i, j in assign(sim, 1e-9)]
 
@@ -163,10 +171,12 @@ class Tracker:
         tentative = [t for t, tr in enumerate(self.tracks) if tr.status == TENTATIVE]
         high = np.nonzero(d.scores >= cfg.high_score)[0]
         low = np.nonzero((d.scores >= cfg.low_score) & (d.scores < cfg.high_score))[0]
-        matches.update(self._match(confirmed, d, high, cfg.match_iou))
-        left, low = free(confirmed, low)
-        recent = [t for t in left if self.tracks[t].last.frame == previous]  # seen in the previous frame
-        matches.update(self._match(recent, d, low, cfg.low_match_iou))
+        # tracks lost for long are found by motion only (their predicted box has drifted)
+        gap = self.frame - (previous if previous is not None else self.frame - 1)
+        by_overlap = [t for t in confirmed if self.tracks[t].missed(self.frame) <= gap + cfg.lost_iou_frames]
+        matches.update(self._match(by_overlap, d, high, cfg.match_iou))
+        left, low = free(by_overlap, low)
+        matches.update(self._match(left, d, low, cfg.low_match_iou))
         left, high = free(confirmed, high)
         matches.update(self._recover(left, d, high))
         # tentative tracks take what is left of the detections able to start one
@@ -175,14 +185,9 @@ class Tracker:
         return matches
 
     def _apply(self, d: FrameDetections, matches: dict[int, int], frame: int) -> None:
-        """Correct the matched tracks; a box overlapping another track's prediction counts as a
-        noisier measurement."""
-        boxes = self._boxes(list(range(len(self.tracks))))
+        """Correct the matched tracks, mark the others missed."""
         for t, k in matches.items():
-            iou = box_iou(d.boxes[k:k + 1], boxes)[0]
-            iou[t] = 0.0
-            crowded = bool(len(iou)) and iou.max() >= self.config.ambiguous_iou
-            self.tracks[t].take(d.boxes[k], float(d.scores[k]), int(d.classes[k]), frame, self.config.noise, crowded)
+            self.tracks[t].take(d.boxes[k], float(d.scores[k]), int(d.classes[k]), frame, self.config.noise)
             if d.masks is not None:
                 self.tracks[t].mask = d.mask(k)
         for t, track in enumerate(self.tracks):
@@ -225,18 +230,39 @@ class Tracker:
         self.tracks = kept
 
     def _confirm(self) -> None:
-        """Give ids to the tentative tracks with enough evidence; drop those that missed a frame."""
+        """Give ids to the tentative tracks with enough evidence (the id of a lost track whose
+        motion leads to it, if any); drop those that missed a frame."""
         cfg, kept = self.config, []
         for t in self.tracks:
             if t.status == TENTATIVE and t.hits >= cfg.confirm_hits and t.evidence >= cfg.confirm_evidence:
-                t.status, t.track_id = CONFIRMED, self.next_id
-                self.next_id += 1
-                self.counts.started += 1
+                lost = self._lost_match(t)
+                if lost is not None:
+                    t.track_id, t.first_frame = lost.track_id, lost.first_frame
+                    for c, v in lost.votes.items():
+                        t.votes[c] = t.votes.get(c, 0.0) + v
+                    lost.status = MERGED
+                else:
+                    t.track_id = self.next_id
+                    self.next_id += 1
+                    self.counts.started += 1
+                t.status = CONFIRMED
             if t.status == TENTATIVE and t.hits == 0:
                 continue  # a new track that missed a frame was noise
             kept.append(t)
-        self.tracks = kept
-        self.counts.alive = sum(t.status == CONFIRMED for t in kept)
+        self.tracks = [t for t in kept if t.status != MERGED]
+        self.counts.alive = sum(t.status == CONFIRMED for t in self.tracks)
+
+    def _lost_match(self, new: Track) -> Track | None:
+        """The lost track (unseen since before `new` began, sharing its classes) nearest to `new`
+        by its predicted motion, within the recovery gate."""
+        lost = [t for t in self.tracks if t.status == CONFIRMED and t.hits == 0 and t.last.frame < new.first_frame
+                and vote_overlap(t.votes, new.votes) >= self.config.class_share]
+        if not lost:
+            return None
+        dist = kalman.gating_distance(np.stack([t.mean for t in lost]), np.stack([t.cov for t in lost]),
+                                      new.mean[None, :4], self.config.noise)[:, 0]
+        best = int(np.argmin(dist))
+        return lost[best] if dist[best] <= self.config.recover_gate else None
 
     def _output(self, dets: Detections, seen: list[tuple[Track, int]]) -> TrackedDetections:
         """The confirmed tracks seen in this frame, with the detection's box, score and mask."""
