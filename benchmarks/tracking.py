@@ -122,7 +122,8 @@ def main() -> None:
     p.add_argument("--conf-thres", type=float, default=0.1, help="detector threshold (the reference keeps >= 0.1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("runs/bench/tracking"))
-    p.add_argument("--ref-python", default=str(ROOT.parent / "refvenv" / "bin" / "python"))
+    p.add_argument("--ref-python", default=str(SHARED.parent / "refvenv" / "bin" / "python"),
+                   help="python of the reference venv (default: refvenv beside ../shared)")
     p.add_argument("--ref-script", default=str(SHARED / "bench" / "bytetrack_reference.py"))
     p.add_argument("--no-ref", action="store_true", help="score ours only")
     args = p.parse_args()
@@ -130,7 +131,8 @@ def main() -> None:
     if unknown := [n for n in names if n not in SEQUENCES]:
         p.error(f"--names: unknown sequence {unknown[0]!r} (known: {', '.join(SEQUENCES)})")
     if not args.no_ref and not Path(args.ref_python).is_file():
-        p.error(f"--ref-python {args.ref_python}: not found (the reference venv, see ../shared/bench), or pass --no-ref")
+        p.error(f"--ref-python {args.ref_python}: not found (the reference venv, see ../shared/bench); "
+                "or pass --no-ref")
     source = find_coco_source(SHARED / "data")
     print(f"objects and scenes from {source[0]}")
     folders = generate([SEQUENCES[n] for n in names], args.out, *source)

@@ -159,7 +159,8 @@ def _background(path: Path, size: tuple[int, int]) -> np.ndarray:
     img = cv2.imread(str(path))
     h, w = size
     s = max(h / img.shape[0], w / img.shape[1])
-    img = cv2.resize(img, (max(w, round(img.shape[1] * s)), max(h, round(img.shape[0] * s))), interpolation=cv2.INTER_AREA)
+    size = (max(w, round(img.shape[1] * s)), max(h, round(img.shape[0] * s)))
+    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
     return img[top:top + h, left:left + w].copy()
 

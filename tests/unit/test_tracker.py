@@ -30,7 +30,8 @@ def gt_detections(gt: np.ndarray, frame: int, min_visibility: float = 0.3, seed:
     rng = np.random.default_rng(seed * 1000 + frame)
     xywh = rows[:, 2:6] + rng.normal(0, 0.02, (len(rows), 4)) * rows[:, [4, 5, 4, 5]]
     boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-    return Detections(torch.tensor(boxes, dtype=torch.float32), torch.tensor(0.5 + 0.45 * rows[:, 7], dtype=torch.float32),
+    scores = 0.5 + 0.45 * rows[:, 7]
+    return Detections(torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores, dtype=torch.float32),
                       torch.tensor(rows[:, 6], dtype=torch.int64))
 
 

@@ -75,7 +75,8 @@ def read_mot(path: str | Path) -> MotTable:
         return MotTable.empty()
     a = np.array(rows, dtype=np.float64)
     vis = np.where(a[:, 8] < 0, 1.0, a[:, 8])
-    return MotTable(a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2:6], a[:, 6], a[:, 7].astype(np.int64), vis)
+    as_int = a[:, [0, 1, 7]].astype(np.int64)
+    return MotTable(as_int[:, 0], as_int[:, 1], a[:, 2:6], a[:, 6], as_int[:, 2], vis)
 
 
 def mot_lines(frame: int, ids: np.ndarray, boxes_xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> str:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.infer.track import kalman
+import engine.infer.track.kalman as kalman
 from engine.infer.track.kalman import MotionNoise
 
 TENTATIVE, CONFIRMED, MERGED = "tentative", "confirmed", "merged"  # MERGED: its id went on in another track

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.infer.track import kalman
+import engine.infer.track.kalman as kalman
 from engine.infer.track.assign import assign
 from engine.infer.track.cues import (ambiguous_pairs, box_iou, class_agreement, crop_mask, shifted_mask_iou,
                                      vote_overlap)
@@ -92,11 +92,11 @@ class Tracker:
         if self.frame is not None and frame <= self.frame:
             raise ValueError(f"tracker: frame {frame} after frame {self.frame}; frames must come in increasing order")
         dt = 1 if self.frame is None else frame - self.frame
-        first, previous, self.frame = self.frame is None, self.frame, frame
+        first, self.frame = self.frame is None, frame
         self._retire(frame)
         self._predict(dt)
         d = FrameDetections.of(dets)
-        matches = self._associate(d, previous)
+        matches = self._associate(d, dt)
         self._apply(d, matches, frame)
         seen = [(self.tracks[t], k) for t, k in matches.items()]
         seen += self._start_tracks(d, set(matches.values()), frame, first)
@@ -160,20 +160,21 @@ class Tracker:
         sim = np.where(same & (dist <= self.config.recover_gate), 1.0 / (1.0 + dist), 0.0)
         return [(tracks[i], int(dets[j])) for i, j in assign(sim, 1e-9)]
 
-    def _associate(self, d: FrameDetections, previous: int | None) -> dict[int, int]:
+    def _associate(self, d: FrameDetections, dt: int) -> dict[int, int]:
+        """track index -> detection index for this frame (dt: frames since the last update)."""
         cfg = self.config
         matches: dict[int, int] = {}
 
         def free(tracks, dets):
-            return [t for t in tracks if t not in matches], np.array([k for k in dets if k not in matches.values()], int)
+            taken = set(matches.values())
+            return [t for t in tracks if t not in matches], np.array([k for k in dets if k not in taken], int)
 
         confirmed = [t for t, tr in enumerate(self.tracks) if tr.status == CONFIRMED]
         tentative = [t for t, tr in enumerate(self.tracks) if tr.status == TENTATIVE]
         high = np.nonzero(d.scores >= cfg.high_score)[0]
         low = np.nonzero((d.scores >= cfg.low_score) & (d.scores < cfg.high_score))[0]
         # tracks lost for long are found by motion only (their predicted box has drifted)
-        gap = self.frame - (previous if previous is not None else self.frame - 1)
-        by_overlap = [t for t in confirmed if self.tracks[t].missed(self.frame) <= gap + cfg.lost_iou_frames]
+        by_overlap = [t for t in confirmed if self.tracks[t].missed(self.frame) <= dt + cfg.lost_iou_frames]
         matches.update(self._match(by_overlap, d, high, cfg.match_iou))
         left, low = free(by_overlap, low)
         matches.update(self._match(left, d, low, cfg.low_match_iou))
