@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data.sequences import SequenceSpec, find_coco_source, load_sprites, render
-from engine.eval.mot.metrics import _iou
+from engine.eval.mot.metrics import iou_xywh
 from engine.infer.track import SourceTrackers, Tracker, TrackerConfig, tracker_config
 from utils.structures import Detections
 
@@ -41,7 +41,7 @@ def identities(gt: np.ndarray, tracked: dict[int, tuple[np.ndarray, np.ndarray]]
     for frame, (ids, boxes) in tracked.items():
         rows = gt[gt[:, 0] == frame]
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
-        iou = _iou(rows[:, 2:6], xywh)
+        iou = iou_xywh(rows[:, 2:6], xywh)
         for i, j in zip(*np.nonzero(iou >= 0.5)):
             out.setdefault(int(rows[i, 1]), []).append((frame, int(ids[j])))
     return out

@@ -55,7 +55,8 @@ def _xyxy(boxes: np.ndarray) -> torch.Tensor:
     return torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], 1)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,4) x (M,4) boxes as x, y, w, h -> (N,M) IoU."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
     return box_iou(_xyxy(a), _xyxy(b)).numpy()
@@ -68,7 +69,7 @@ def _drop_ignored(gt: MotTable, tr: MotTable, ignore: np.ndarray, iou: float) ->
     keep = np.ones(len(tr), bool)
     for f in np.unique(gt.frames[ignore]):
         g, t = np.nonzero(gt.frames == f)[0], np.nonzero(tr.frames == f)[0]
-        sim = _iou(gt.boxes[g], tr.boxes[t])
+        sim = iou_xywh(gt.boxes[g], tr.boxes[t])
         if sim.size == 0:
             continue
         rows, cols = linear_sum_assignment(np.where(sim >= iou, sim, 0.0), maximize=True)
@@ -99,7 +100,7 @@ def trackeval_data(gt: MotTable, tr: MotTable, min_visibility: float = 0.0, iou:
         g, t = g_by[g_cut[f]:g_cut[f + 1]], t_by[t_cut[f]:t_cut[f + 1]]
         data["gt_ids"].append(gid[g])
         data["tracker_ids"].append(tid[t])
-        data["similarity_scores"].append(_iou(gt.boxes[g], tr.boxes[t]))
+        data["similarity_scores"].append(iou_xywh(gt.boxes[g], tr.boxes[t]))
     return data
 
 
