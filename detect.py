@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent
 SAMPLES = ROOT / "datasets" / "coco-mini" / "images"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """detect.py's command line (tests read its options from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 .pt, or exported .onnx (default: newest best.pt)")
     p.add_argument("--source", default=str(SAMPLES), help="file, folder, glob, .txt list, video, webcam index or URL")
@@ -46,15 +47,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--line-thickness", type=int, default=None)
     p.add_argument("--hide-labels", action="store_true")
     p.add_argument("--hide-conf", action="store_true")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    from engine.predictor import PredictOptions, Predictor
-    from engine.sources import SourceError
-    from utils.checkpoint import CheckpointError
+    from engine.infer.predictor import PredictOptions, Predictor
+    from engine.infer.sources import SourceError
+    from utils.errors import CheckpointError
     from utils.paths import newest
 
     if not args.weights:
@@ -66,10 +71,7 @@ def main(argv=None) -> int:
         args.weights = str(found)
         print(f"using {found}")
     try:
-        predictor = Predictor(PredictOptions(**{f.name: getattr(args, f.name) for f in fields(PredictOptions)
-                                                if f.name != "img_size"}))
-        predictor.opt.img_size = args.img_size or predictor.backend.default_size
-        predictor.run()
+        Predictor(PredictOptions(**{f.name: getattr(args, f.name) for f in fields(PredictOptions)})).run()
     except (SourceError, CheckpointError, ValueError, OSError) as e:
         print(f"detect.py: error: {e}", file=sys.stderr)
         return 2

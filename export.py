@@ -10,7 +10,8 @@ import logging
 import sys
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """export.py's command line (tests read its options from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="gradpath or official YOLOv5/YOLOv7 checkpoint (.pt)")
     p.add_argument("--format", default="onnx", choices=["onnx"])
@@ -20,14 +21,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="output path (default: weights with .onnx)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    from engine.export import export_onnx
-    from utils.checkpoint import CheckpointError
+    from engine.export.onnx import export_onnx
+    from utils.errors import CheckpointError
 
     try:
         out, diff = export_onnx(args.weights, args.img_size, args.dynamic, args.half, args.opset, args.out,

@@ -13,10 +13,11 @@ import logging
 import sys
 from dataclasses import fields
 
-from engine.options import LR_SCHEDULES, TrainOptions
+from engine.config import LR_SCHEDULES, TrainOptions
 
 
-def parse_args(argv: list[str] | None = None) -> TrainOptions:
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's command line (tests read its options from here)."""
     d = TrainOptions()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=d.weights, help="initial weights: a gradpath or official YOLOv5/YOLOv7 checkpoint (matching layers are loaded)")
@@ -54,8 +55,13 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (first steps slower)")
     p.add_argument("--log-grads", type=int, default=0, metavar="N", help="log per-stage gradient norms every N steps")
     p.add_argument("--patience", type=int, default=0, help="stop after N epochs without improvement (0: never)")
+    p.add_argument("--noplots", action="store_true", help="no label or training-batch plots")
     p.add_argument("--local-rank", "--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # torch.distributed.launch
-    ns = vars(p.parse_args(argv))
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> TrainOptions:
+    ns = vars(build_parser().parse_args(argv))
     return TrainOptions(**{f.name: ns[f.name] for f in fields(TrainOptions)})
 
 
@@ -63,13 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_args(argv)
     from engine.device import OutOfMemory
-    from engine.trainer import Trainer
+    from engine.train.build import train
     from models.parser import CfgError
-    from utils.checkpoint import CheckpointError
-    from utils.config import ConfigError, error_line
+    from utils.errors import CheckpointError, ConfigError, error_line
 
     try:
-        Trainer(opt).fit()
+        train(opt)
     except (ConfigError, CfgError, CheckpointError, OSError, ValueError, FloatingPointError, OutOfMemory) as e:
         print(f"train.py: error: {error_line(e)}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """val.py's command line (tests read its options from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 checkpoint (.pt)")
     p.add_argument("--data", default="", help="dataset YAML (default: the one the checkpoint was trained on)")
@@ -41,12 +42,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--exist-ok", action="store_true")
     p.add_argument("--ann-json", default="", help="score an existing results file against this COCO JSON")
     p.add_argument("--pred-json", default="", help="COCO results file to score (with --ann-json)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def score_files(ann_json: str, pred_json: str) -> int:
     """The model-free path: imports no torch."""
-    from engine.coco_eval import EvaluationError, format_tables, score
+    from engine.eval.coco_eval import EvaluationError, format_tables, score
 
     try:
         preds = json.loads(Path(pred_json).read_text())
@@ -58,18 +63,6 @@ def score_files(ann_json: str, pred_json: str) -> int:
     return 0
 
 
-def write_txt(results: list[dict], shapes: dict[int, tuple[int, int]], cat_index: dict[int, int], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    lines: dict[int, list[str]] = {i: [] for i in shapes}
-    for d in results:
-        h, w = shapes[d["image_id"]]
-        x, y, bw, bh = d["bbox"]
-        lines[d["image_id"]].append(f"{cat_index[d['category_id']]} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} "
-                                    f"{bw / w:.6f} {bh / h:.6f} {d['score']:.5f}")
-    for image_id, ls in lines.items():
-        (out / f"{image_id}.txt").write_text("\n".join(ls) + ("\n" if ls else ""))
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.ann_json or args.pred_json:
@@ -78,9 +71,9 @@ def main(argv=None) -> int:
             return 2
         return score_files(args.ann_json, args.pred_json)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from engine.validate import run_validation
+    from engine.eval.validate import run_validation
 
-    return run_validation(args, write_txt)
+    return run_validation(args)
 
 
 if __name__ == "__main__":

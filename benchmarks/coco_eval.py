@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.coco_eval import STAT_NAMES, load_gt, score  # noqa: E402
+from engine.eval.coco_eval import STAT_NAMES, load_gt, score  # noqa: E402
 
 COCO128 = ROOT.parent / "shared/data/dev/coco128_instances/annotations/instances_train2017.json"
 MINI = ROOT / "datasets/coco-mini/annotations/instances_val.json"

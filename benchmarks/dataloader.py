@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from data.config import load_data_config  # noqa: E402
 from data.loader import build_dataloader  # noqa: E402
-from engine.speed import loader_rate  # noqa: E402
-from utils.config import load_hyp  # noqa: E402
+from benchmarks.harness.speed import loader_rate  # noqa: E402
+from engine.config import Hyp  # noqa: E402
 
 COCO128 = ROOT.parent / "shared/data/dev/coco128_instances"
 
@@ -52,12 +52,12 @@ def main() -> None:
     p.add_argument("--cache", choices=["ram", "disk"], default=None, help="decoded, resized images cached (filled first)")
     args = p.parse_args()
     cfg = load_data_config(args.data or default_data())
-    hyp = load_hyp()
+    aug = Hyp.load().augment()
     print(f"data={cfg.source} img={args.img_size} batch={args.batch_size} cache={args.cache} "
           "(mosaic, segment labels)")
     print(f"{'loader':<22}{'workers':>8}{'img/s':>10}{'peak RSS GiB':>14}{'peak PSS GiB':>14}")
     for w in args.workers:
-        loader, _ = build_dataloader(cfg, "train", args.img_size, args.batch_size, hyp, augment=True, shuffle=True,
+        loader, _ = build_dataloader(cfg, "train", args.img_size, args.batch_size, aug, shuffle=True,
                                      workers=w, cache=args.cache)
         ips, rss, pss = loader_rate(loader, args.batches, memory=True)
         print(f"{'train (mosaic)':<22}{w:>8}{ips:>10.1f}{rss / 2**30:>14.2f}{pss / 2**30:>14.2f}")

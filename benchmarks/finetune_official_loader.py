@@ -21,7 +21,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -30,8 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.finetune import STATS, add_recipe_args, data_yamls, run, train_args, validate  # noqa: E402
-from engine.options import TrainOptions  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from engine.train.build import build_trainer  # noqa: E402
 from train import parse_args  # noqa: E402
 from utils.structures import Batch  # noqa: E402
 
@@ -42,15 +40,14 @@ class ReplayLoader:
     def __init__(self, folder: Path):
         self.folder = folder
         meta = json.loads((folder / "meta.json").read_text())
-        self.batches, self.epochs = meta["batches"], meta["epochs"]
-        self.batch_sampler = SimpleNamespace(start_epoch=0, per_rank=meta["images"])
+        self.batches, self.epochs, self.images_per_epoch = meta["batches"], meta["epochs"], meta["images"]
         self.passes = 0
 
     def __len__(self) -> int:
         return self.batches
 
     def __iter__(self):
-        epoch = self.batch_sampler.start_epoch + self.passes
+        epoch = self.passes
         self.passes += 1
         if epoch >= self.epochs:
             raise RuntimeError(f"{self.folder} holds {self.epochs} epochs; epoch {epoch + 1} was asked for")
@@ -68,20 +65,6 @@ def replay_batch(images: torch.Tensor, targets: torch.Tensor) -> Batch:
     masks = torch.zeros((len(targets), h // 4, w // 4), dtype=torch.uint8)
     return Batch(images, targets[:, 0].long(), targets[:, 1].long(), boxes, masks, list(range(n)), [""] * n,
                  [(h, w)] * n, [((1.0, 1.0), (0.0, 0.0))] * n)
-
-
-class ReplayTrainer(Trainer):
-    """The Trainer, unchanged but for where its training batches come from."""
-
-    def __init__(self, opt: TrainOptions, batches: Path):
-        super().__init__(opt)
-        self.batches = batches
-
-    def build_train_loader(self):
-        return ReplayLoader(self.batches), SimpleNamespace(mosaic_epochs=None)
-
-    def _plot_labels(self) -> None:  # the label statistics come from a dataset, which a replay has not
-        pass
 
 
 def main() -> int:
@@ -107,9 +90,10 @@ def main() -> int:
                         "--hyp", args.hyp, "--epochs", str(args.epochs), "--img-size", str(args.img_size),
                         "--batch-size", str(args.batch_size), "--seed", str(seed), "--out", str(dump)],
                        check=True, stdout=subprocess.DEVNULL)
-        # the same train.py arguments: only where the batches come from differs
-        opt = parse_args([*train_args(args, train_yaml, f"official-loader-{seed}", seed), "--noval"])
-        ReplayTrainer(opt, dump).fit()
+        # the same train.py arguments: only where the batches come from differs (a replay has no
+        # dataset to plot the labels of)
+        opt = parse_args([*train_args(args, train_yaml, f"official-loader-{seed}", seed), "--noval", "--noplots"])
+        build_trainer(opt, train_loader=ReplayLoader(dump)).fit()
         theirs = validate(str(args.out / f"official-loader-{seed}/weights/last.pt"), dev32_yaml, args,
                           f"val-official-loader-{seed}")
         rows.append({"seed": seed, "ours": dict(zip(STATS, ours)), "official_loader": dict(zip(STATS, theirs))})

@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.gpu_check import FULL, QUICK, SPEED_PARTS, Context, cuda_tests, environment, speed  # noqa: E402
-from engine.gpu_report import Report  # noqa: E402
+from benchmarks.harness.gpu_check import FULL, QUICK, SPEED_PARTS, Context, cuda_tests, environment, speed  # noqa: E402
+from benchmarks.harness.gpu_report import Report  # noqa: E402
 from utils.dist import select_device  # noqa: E402
 
 

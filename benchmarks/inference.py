@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.speed import forward_latency_ms  # noqa: E402
+from benchmarks.harness.speed import forward_latency_ms  # noqa: E402
 from models.model import build_model  # noqa: E402
 from utils.dist import select_device  # noqa: E402
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 from data.config import load_data_config  # noqa: E402
 from data.loader import build_dataloader  # noqa: E402
 from engine.checkpoint import load_model  # noqa: E402
-from engine.evaluator import evaluate  # noqa: E402
+from engine.eval.evaluator import evaluate  # noqa: E402
 from utils.dist import select_device  # noqa: E402
 
 # cfg name -> (GFLOPs, params M or None, AP box, AP mask) as printed in the paper (../shared/PAPER.md)

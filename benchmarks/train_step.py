@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.config import load_data_config  # noqa: E402
 from engine.device import amp_precision, configure_cuda  # noqa: E402
-from engine.speed import mosaic_batches, train_step_rate  # noqa: E402
+from benchmarks.harness.speed import mosaic_batches, train_step_rate  # noqa: E402
 from models.model import build_model  # noqa: E402
 from utils.dist import select_device  # noqa: E402
 

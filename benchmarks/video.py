@@ -22,9 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.predictor import PredictOptions, Predictor  # noqa: E402
+from engine.infer.predictor import PredictOptions, Predictor  # noqa: E402
 from models.model import build_model  # noqa: E402
-from utils.checkpoint import save_checkpoint  # noqa: E402
+from utils.io import save_checkpoint  # noqa: E402
 
 DEFAULT_VIDEO = ROOT.parent / "shared/data/videos/car-detection.mp4"
 

@@ -15,6 +15,28 @@ from utils.structures import Sample
 RatioPad = tuple[tuple[float, float], tuple[float, float]]
 
 
+@dataclass(frozen=True)
+class AugmentParams:
+    """Training augmentation (meanings and defaults: cfg/hyp/hyp.scratch-high.yaml): HSV gains,
+    the random perspective's degrees/translate/scale/shear/perspective, flip, mosaic, mixup and
+    copy-paste probabilities, and the albumentations multiplier."""
+
+    hsv_h: float
+    hsv_s: float
+    hsv_v: float
+    degrees: float
+    translate: float
+    scale: float
+    shear: float
+    perspective: float
+    flipud: float
+    fliplr: float
+    mosaic: float
+    mixup: float
+    copy_paste: float
+    albumentations: float
+
+
 def letterbox_shape(hw: tuple[int, int], new_shape: int | tuple[int, int], auto: bool = False,
                     scaleup: bool = True, stride: int = 32) -> tuple[tuple[int, int], tuple[int, int]]:
     """((h, w) of the resized image, (h, w) of the padded output) that letterbox() gives an image
@@ -253,13 +275,12 @@ def _tile_rect(k: int, hw: tuple[int, int], xc: int, yc: int, side: int) -> tupl
     return x1, y1, x2, y2, dx, dy
 
 
-def mosaic4(tiles: list[Tile | Sample], size: int, hyp: dict, min_area_ratio: float = 0.1) -> Sample:
+def mosaic4(tiles: list[Tile | Sample], size: int, aug: AugmentParams, min_area_ratio: float = 0.1) -> Sample:
     """Four images around a random centre of a 2*size canvas, then a random perspective to size.
     Only the part of the canvas the perspective keeps is built, and only the images in it are read."""
     s = size
     yc, xc = (int(random.uniform(s * 0.5, s * 1.5)) for _ in range(2))
-    M = random_affine((2 * s, 2 * s), (s, s), hyp["degrees"], hyp["translate"], hyp["scale"], hyp["shear"],
-                      hyp["perspective"])
+    M = random_affine((2 * s, 2 * s), (s, s), aug.degrees, aug.translate, aug.scale, aug.shear, aug.perspective)
     vx0, vy0, vx1, vy1 = visible_region(M, (s, s), (2 * s, 2 * s))
     canvas = np.full((max(vy1 - vy0, 1), max(vx1 - vx0, 1), 3), 114, np.uint8)
     boxes, classes, segs, first = [np.zeros((0, 4), np.float32)], [np.zeros(0, np.int64)], [], None

@@ -14,8 +14,8 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from utils.checkpoint import atomic_write_bytes
-from utils.config import ConfigError
+from utils.io import atomic_write_bytes
+from utils.errors import ConfigError
 
 LOG = logging.getLogger("gradpath.data")
 RAM_FRACTION = 0.7  # of the memory available now that a RAM cache may take, all local ranks together

@@ -13,38 +13,37 @@ import psutil
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from data.augment import (apply_ratio_pad, augment_hsv, build_photometric, copy_paste, flip, letterbox, min_area_ratio,
-                          mixup, mosaic4, random_perspective, rasterize, Tile)
+from data.augment import (AugmentParams, Tile, apply_ratio_pad, augment_hsv, build_photometric, copy_paste, flip,
+                          letterbox, min_area_ratio, mixup, mosaic4, random_perspective, rasterize)
 from data.config import DataConfig
-from data.datasets import load_index, write_coco_json
+from data.datasets import disk_cache_dir, ground_truth_json, load_index
 from data.images import ImageReader, UnreadableImage
 from data.label_index import LabelIndex
-from utils.config import ConfigError
-from utils.paths import cache_path
+from utils.errors import ConfigError
 from utils.structures import Batch, Sample
 
 LOG = logging.getLogger("gradpath.data")
 
 
 class DetectionDataset(Dataset):
-    """Samples of one split: training with mosaic/perspective/HSV/flips/mixup/copy-paste, or
-    letterboxed (optionally rectangular-batched) validation images."""
+    """Samples of one split: training (`aug` given) with mosaic/perspective/HSV/flips/mixup/
+    copy-paste, or letterboxed (optionally rectangular-batched) validation images."""
 
-    def __init__(self, index: LabelIndex, img_size: int, hyp: dict | None, augment: bool, rect: bool,
+    def __init__(self, index: LabelIndex, img_size: int, aug: AugmentParams | None, rect: bool,
                  batch_size: int, stride: int, names: list[str], category_ids: list[int], ann_file: Path,
                  single_cls: bool = False, cache: str | None = None, cache_dir: Path | None = None):
-        self.index, self.img_size, self.hyp, self.augment = index, img_size, hyp or {}, augment
+        self.index, self.img_size, self.aug, self.augment = index, img_size, aug, aug is not None
         self.names, self.category_ids, self.ann_file = names, category_ids, ann_file
         self.single_cls, self.stride = single_cls, stride
-        self.mosaic = augment and not rect and self.hyp.get("mosaic", 0) > 0  # rect batches are not square
+        self.mosaic = self.augment and not rect and aug.mosaic > 0  # rect batches are not square
         self.mosaic_epochs: int | None = None  # epochs (from 0) that use mosaic; None: all
-        self.photometric = build_photometric(self.hyp.get("albumentations", 0.0)) if augment else None
+        self.photometric = build_photometric(aug.albumentations) if self.augment else None
         self.min_area_ratio = min_area_ratio(index.has_polygons())
         self.order = np.arange(len(index))
         self.batch_shapes = None
         if rect:  # validation pads by half a stride, as the official evaluators do
-            self._rect_batches(batch_size, 0.0 if augment else 0.5)
-        self.images = ImageReader(index.files, index.shapes, img_size, augment, cache, cache_dir)
+            self._rect_batches(batch_size, 0.0 if self.augment else 0.5)
+        self.images = ImageReader(index.files, index.shapes, img_size, self.augment, cache, cache_dir)
 
     @property
     def summary(self) -> str:
@@ -110,32 +109,32 @@ class DetectionDataset(Dataset):
     def _train_sample(self, i: int, epoch: int, shape: tuple[int, int]) -> Sample:
         """Mosaic (square img_size) or one image letterboxed to `shape` (its rectangular batch's
         shape with --rect), then the perspective, copy-paste, photometric ops and flips."""
-        hyp = self.hyp
+        aug = self.aug
         mosaic = self.mosaic and (self.mosaic_epochs is None or epoch < self.mosaic_epochs)
-        if mosaic and random.random() < hyp["mosaic"]:
+        if mosaic and random.random() < aug.mosaic:
             sample = self._mosaic(i)
-            if random.random() < hyp.get("mixup", 0):
+            if random.random() < aug.mixup:
                 sample = mixup(sample, self._mosaic(random.randrange(len(self))))
         else:
             s = self.load_sample(i)
             img, rp = letterbox(s.image, shape)
-            sample = random_perspective(apply_ratio_pad(s, img, rp), shape, hyp["degrees"], hyp["translate"],
-                                        hyp["scale"], hyp["shear"], hyp["perspective"], self.min_area_ratio)
-        sample = copy_paste(sample, hyp.get("copy_paste", 0)) if random.random() < 0.5 else sample
+            sample = random_perspective(apply_ratio_pad(s, img, rp), shape, aug.degrees, aug.translate,
+                                        aug.scale, aug.shear, aug.perspective, self.min_area_ratio)
+        sample = copy_paste(sample, aug.copy_paste) if random.random() < 0.5 else sample
         img = sample.image if self.photometric is None else self.photometric(sample.image)
-        img = augment_hsv(img, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
+        img = augment_hsv(img, aug.hsv_h, aug.hsv_s, aug.hsv_v)
         sample = Sample(img, sample.boxes, sample.classes, sample.segments, sample.image_id, sample.path,
                         sample.orig_shape, sample.ratio_pad)
-        if random.random() < hyp.get("fliplr", 0):
+        if random.random() < aug.fliplr:
             sample = flip(sample, horizontal=True)
-        if random.random() < hyp.get("flipud", 0):
+        if random.random() < aug.flipud:
             sample = flip(sample, horizontal=False)
         return sample
 
     def _mosaic(self, i: int) -> Sample:
         ids = [i] + [random.randrange(len(self)) for _ in range(3)]
         tiles = [Tile(self.images.shape(j), functools.partial(self.load_sample, j)) for j in ids]
-        return mosaic4(tiles, self.img_size, self.hyp, self.min_area_ratio)
+        return mosaic4(tiles, self.img_size, self.aug, self.min_area_ratio)
 
 
 def to_tensors(s: Sample) -> dict:
@@ -186,20 +185,16 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def build_dataset(data_cfg: DataConfig, split: str, img_size: int, batch_size: int, hyp: dict | None = None,
-                  augment: bool = False, rect: bool = False, cache: str | None = None, single_cls: bool = False,
+def build_dataset(data_cfg: DataConfig, split: str, img_size: int, batch_size: int, aug: AugmentParams | None = None,
+                  rect: bool = False, cache: str | None = None, single_cls: bool = False,
                   stride: int = 32) -> DetectionDataset:
+    """Training samples when `aug` is given, else validation ones."""
     index = load_index(data_cfg, split)
     if len(index) == 0:
         raise ConfigError(f"{data_cfg.source}: '{split}' has no usable images ({index.summary()})")
-    spec = data_cfg.splits[split]
-    if data_cfg.format == "coco":
-        ann_file = spec.annotations
-    else:
-        ann_file = write_coco_json(index, data_cfg.names,
-                                   cache_path(spec.labels.parent / f"{spec.labels.name}.coco.json"))
-    cache_dir = cache_path((spec.annotations or spec.labels).parent / f".cache-{split}") if cache == "disk" else None
-    return DetectionDataset(index, img_size, hyp, augment, rect, batch_size, stride, data_cfg.names,
+    ann_file = ground_truth_json(data_cfg, split, index)
+    cache_dir = disk_cache_dir(data_cfg, split) if cache == "disk" else None
+    return DetectionDataset(index, img_size, aug, rect, batch_size, stride, data_cfg.names,
                             data_cfg.category_ids, ann_file, single_cls, cache, cache_dir)
 
 
@@ -246,7 +241,11 @@ class EpochBatchSampler:
 
 class EpochLoader:
     """A DataLoader over an EpochBatchSampler, iterated one epoch at a time: len() is batches per
-    epoch and every iter() continues the same underlying iterator, so its workers never stop."""
+    epoch and every iter() continues the same underlying iterator, so its workers never stop.
+
+    What a trainer sets before the first epoch: `start_at(epoch)` (resuming) and
+    `set_mosaic_epochs(n)` (mosaic closes from epoch n on); both reach the workers through the
+    epoch every key carries."""
 
     def __init__(self, loader: DataLoader):
         self.loader, self.batch_sampler, self.dataset = loader, loader.batch_sampler, loader.dataset
@@ -255,6 +254,22 @@ class EpochLoader:
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
+    @property
+    def images_per_epoch(self) -> int:
+        """Images one epoch draws over all ranks (the padding DistributedSampler-style included)."""
+        return self.batch_sampler.per_rank * self.batch_sampler.world_size
+
+    def start_at(self, epoch: int) -> None:
+        if self._it is not None:
+            raise RuntimeError("EpochLoader.start_at: the loader has started already")
+        self.batch_sampler.start_epoch = epoch
+
+    def set_mosaic_epochs(self, epochs: int) -> None:
+        """Mosaic for the epochs before `epochs` (from 0), none after; set before the workers start."""
+        if self._it is not None:
+            raise RuntimeError("EpochLoader.set_mosaic_epochs: the loader has started already")
+        self.dataset.mosaic_epochs = epochs
+
     def __iter__(self):
         if self._it is None:
             self._it = iter(self.loader)
@@ -262,15 +277,15 @@ class EpochLoader:
             yield next(self._it)
 
 
-def build_dataloader(data_cfg: DataConfig, split: str, img_size: int, batch_size: int, hyp: dict | None = None,
-                     augment: bool = False, rect: bool = False, cache: str | None = None, workers: int = 0,
+def build_dataloader(data_cfg: DataConfig, split: str, img_size: int, batch_size: int,
+                     aug: AugmentParams | None = None, rect: bool = False, cache: str | None = None, workers: int = 0,
                      shuffle: bool = False, rank: int = -1, world_size: int = 1, seed: int = 0,
                      single_cls: bool = False, stride: int = 32,
                      pin_memory: bool | None = None) -> tuple[DataLoader | EpochLoader, DetectionDataset]:
-    """Training (augment=True) gets an EpochLoader; validation a plain DataLoader, optionally split
+    """Training (`aug` given) gets an EpochLoader; validation a plain DataLoader, optionally split
     across ranks. pin_memory (default: when CUDA is available) lets batches go to the GPU with
     non-blocking copies (Batch.pin_memory)."""
-    dataset = build_dataset(data_cfg, split, img_size, batch_size, hyp, augment, rect, cache, single_cls, stride)
+    dataset = build_dataset(data_cfg, split, img_size, batch_size, aug, rect, cache, single_cls, stride)
     batch_size = max(1, min(batch_size, len(dataset)))
     workers = max(0, min(workers, psutil.cpu_count() or 1, batch_size if batch_size > 1 else workers))
     generator = torch.Generator()
@@ -278,7 +293,7 @@ def build_dataloader(data_cfg: DataConfig, split: str, img_size: int, batch_size
     common = dict(num_workers=workers, collate_fn=collate,
                   pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                   worker_init_fn=_seed_worker, generator=generator, persistent_workers=workers > 0)
-    if augment:  # training: continuous across epochs
+    if aug is not None:  # training: continuous across epochs
         sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, rank, world_size)
         return EpochLoader(DataLoader(dataset, batch_sampler=sampler, **common)), dataset
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed) \

@@ -1,7 +1,9 @@
 """Rebuild a model from a gradpath checkpoint (state_dict + config; no source code pickled)."""
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +11,9 @@ import torch
 from torch import nn
 
 from models.model import build_model
-from models.official_io import is_official_checkpoint
-from utils.checkpoint import CheckpointError, load_checkpoint
+from models.official.unpickler import is_official_checkpoint
+from utils.errors import CheckpointError
+from utils.io import load_checkpoint
 
 
 def read_weights(path: str | Path) -> dict[str, Any]:
@@ -18,12 +21,51 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     converted in memory (its code is never imported or run: see models/official_io.py)."""
     if not is_official_checkpoint(path):
         return load_checkpoint(path)
-    from models.convert import official_checkpoint
+    from models.official.convert import official_checkpoint
 
     ckpt, notes = official_checkpoint(path)
     print(f"{path}: official YOLOv5/YOLOv7 checkpoint, converted in memory"
           f"{' (' + '; '.join(notes) + ')' if notes else ''}; `python -m models.convert` saves it", file=sys.stderr)
     return ckpt
+
+
+DEFAULT_IMG_SIZE = 640  # the inference size of a checkpoint that does not record its training size
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What inference needs of a trained model besides its weights; checkpoints hold it in their
+    config, exported files as string metadata. task: "segment" (masks) or "detect"."""
+
+    names: tuple[str, ...]
+    category_ids: tuple[int, ...]
+    img_size: int
+    stride: int
+    task: str
+    single_cls: bool = False
+
+    @classmethod
+    def of(cls, ckpt: dict[str, Any], model: nn.Module) -> "ModelMeta":
+        """From a checkpoint's config and the model built from it (names default to indices)."""
+        config = ckpt.get("config") or {}
+        names = tuple(config.get("names") or [str(i) for i in range(model.nc)])
+        return cls(names, tuple(int(i) for i in (config.get("category_ids") or range(len(names)))),
+                   int(config.get("img_size") or DEFAULT_IMG_SIZE), int(max(model.stride)),
+                   "segment" if getattr(model, "nm", 0) else "detect",
+                   bool((config.get("args") or {}).get("single_cls", False)))
+
+    def to_strings(self) -> dict[str, str]:
+        return {"names": json.dumps(list(self.names)), "category_ids": json.dumps(list(self.category_ids)),
+                "img_size": str(self.img_size), "stride": str(self.stride), "task": self.task,
+                "single_cls": json.dumps(self.single_cls)}
+
+    @classmethod
+    def from_strings(cls, values: dict[str, str]) -> "ModelMeta":
+        """An exported file's metadata (files exported before `task` existed say so by their outputs)."""
+        names = tuple(json.loads(values.get("names", "[]")))
+        return cls(names, tuple(json.loads(values.get("category_ids", "[]")) or range(len(names))),
+                   int(values.get("img_size", DEFAULT_IMG_SIZE)), int(values.get("stride", 32)),
+                   values.get("task", ""), bool(json.loads(values.get("single_cls", "false"))))
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint", use_ema: bool = True) -> nn.Module:

@@ -9,6 +9,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
+from torch import nn
 
 from models.model import Model, build_model
 from models.parser import CfgError
@@ -31,6 +32,21 @@ def layer_rows(model: Model, img_size: int = 640) -> list[LayerRow]:
     return [LayerRow(i, str(r[0]), r[2] + (f" x{r[1]}" if r[1] != 1 else ""), _args_text(r[3]),
                      "x".join(map(str, shape)), sum(p.numel() for p in layer.parameters()), gflops)
             for i, (r, layer, (gflops, shape)) in enumerate(zip(rows, model.layers, model.profile(img_size)))]
+
+
+def stage_label(model: nn.Module, name: str) -> str:
+    """Top-level stage of a module/parameter name: '06_ELAN' for row 6 of a layer list
+    (nn.ModuleList/nn.Sequential child), else the top-level child's name."""
+    parts = name.split(".")
+    top = getattr(model, parts[0], None) if parts[0] else None
+    if isinstance(model, (nn.Sequential, nn.ModuleList)) and parts[0].isdigit():
+        top, parts, container = model[int(parts[0])], ["", parts[0]], model
+    elif isinstance(top, (nn.Sequential, nn.ModuleList)) and len(parts) > 1 and parts[1].isdigit():
+        container, top = top, top[int(parts[1])]
+    else:
+        return parts[0] or "root"
+    width = len(str(len(container) - 1))
+    return f"{int(parts[1]):0{width}d}_{type(top).__name__}"
 
 
 def _args_text(args: list) -> str:

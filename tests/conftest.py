@@ -3,17 +3,37 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # the fixtures' annotations name it (tests/call_check.py reads them); imported where used
+    from engine.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Real COCO samples shipped beside the repo in CI; a user's clone may not have them.
+# Real COCO samples (shared/data) and the official files (shared/official) beside the repo in CI;
+# a user's clone may not have them. This is the one place that says where they are.
 SHARED_DATA = Path(os.environ.get("GRADPATH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED = SHARED_DATA.parent
+OFFICIAL = SHARED / "official"
 BUNDLED = ROOT / "datasets" / "coco-mini"
+
+
+def require_shared(path: Path, what: str) -> Path:
+    """`path` if it exists; else skip the test, or fail it under GRADPATH_REQUIRE_SHARED=1 (set by
+    .ci/run where ../shared exists, so that shared material that moved fails CI instead of
+    skipping the tests that check against it)."""
+    if path.exists():
+        return path
+    message = f"{what} not found at {path}"
+    if os.environ.get("GRADPATH_REQUIRE_SHARED") == "1":
+        pytest.fail(f"GRADPATH_REQUIRE_SHARED=1: {message}", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +48,19 @@ def bundled() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not (SHARED_DATA / "README.md").is_file():
-        pytest.skip(f"real COCO samples not found at {SHARED_DATA}")
+    require_shared(SHARED_DATA / "README.md", "real COCO samples")
     return SHARED_DATA
 
 
 @pytest.fixture(scope="session")
-def small_cfg():
+def official() -> Path:
+    """shared/official: the official checkpoints and the official code's outputs."""
+    require_shared(OFFICIAL / "README.md", "official checkpoints")
+    return OFFICIAL
+
+
+@pytest.fixture(scope="session")
+def small_cfg() -> Callable[..., dict]:
     """small_cfg(kind) -> gp-n-seg as a cfg dict, with its anchor-based head ('anchor') or an
     anchor-free one of the same width ('anchor_free'): both heads at CPU-test cost."""
     import yaml
@@ -64,13 +90,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def make_trainer(small_cfg, tmp_path):
-    """make_trainer(kind, **options) -> a set-up Trainer of the small model on the bundled data,
-    ready for train_step (no run has started: the per-run counters are zero)."""
+def make_trainer(small_cfg, tmp_path) -> Callable[..., Trainer]:
+    """make_trainer(kind, **options) -> a Trainer of the small model on the bundled data, built as
+    train.py builds it, ready for train_step (no run has started: the per-run counters are zero)."""
     import yaml
 
-    from engine.options import TrainOptions
-    from engine.trainer import Trainer
+    from engine.config import TrainOptions
+    from engine.train.build import build_trainer
 
     def make(kind: str = "anchor", **options):
         cfg = tmp_path / f"{kind}.yaml"
@@ -78,12 +104,18 @@ def make_trainer(small_cfg, tmp_path):
         opt = {"cfg": str(cfg), "data": str(ROOT / "cfg/data/coco-mini.yaml"), "epochs": 1, "batch_size": 4,
                "img_size": 96, "workers": 0, "device": "cpu", "noval": True, "project": str(tmp_path / "runs"),
                **options}
-        trainer = Trainer(TrainOptions(**opt))
-        trainer.setup()
+        trainer = build_trainer(TrainOptions(**opt))
         trainer.accumulate_now = 1  # step on every batch
         return trainer
 
     return make
+
+
+def ema_of(trainer):
+    """The EMA a trainer's EMAHook keeps."""
+    from engine.train.hooks import EMAHook
+
+    return next(h.ema for h in trainer.hooks if isinstance(h, EMAHook))
 
 
 def write_subset(folder: Path, n: int, large: bool = False) -> Path:
@@ -113,6 +145,6 @@ def write_subset(folder: Path, n: int, large: bool = False) -> Path:
 
 
 @pytest.fixture
-def subset_data(tmp_path):
+def subset_data(tmp_path) -> Callable[..., Path]:
     """subset_data(n, large=False) -> write_subset(tmp_path, n, large)."""
     return lambda n, large=False: write_subset(tmp_path, n, large)

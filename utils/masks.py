@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from utils.boxes import RatioPad
+from utils.geometry import RatioPad
 
 
 def crop_to_boxes(masks: Tensor, boxes: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from utils.boxes import RatioPad, input_to_orig
+from utils.geometry import RatioPad, input_to_orig
 from utils.masks import decode_masks
 from utils.structures import Detections
 

@@ -1,0 +1,220 @@
+"""From train.py's options to a ready Trainer: the run config (resolved, or read back from the
+checkpoint on --resume), device and torch.distributed, data, model and weights, the run folder,
+the optimizer, the criterion and the hooks. Everything a user can get wrong is checked before
+the run folder is made."""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from data.config import DataConfig, load_data_config
+from data.loader import build_dataloader
+from engine.checkpoint import load_state_dict_checked, read_weights, transfer_weights
+from engine.config import DEFAULT_CFG, RunConfig, TrainOptions
+from engine.device import amp_precision, compile_model, configure_cuda, memory_format
+from engine.train.ema import ModelEMA
+from engine.train.hooks import CheckpointHook, EMAHook, EvalHook, GradNormHook, Hook, PlotHook, ResultsHook
+from engine.train.optim import build_optimizer
+from engine.train.results import ResultsLog
+from engine.train.trainer import Trainer, mosaic_epochs
+from models.loss.losses import build_criterion
+from models.model import Model, build_model
+from utils.dist import DistInfo, dist_info_from_env, init_distributed, select_device, unwrap
+from utils.errors import CheckpointError, ConfigError
+from utils.io import load_checkpoint, save_yaml
+from utils.paths import new_run_dir, newest, resolve_repo_path
+
+LOG = logging.getLogger("gradpath.train")
+
+
+@dataclass
+class Resume:
+    """The checkpoint a run continues from, and where it lives."""
+
+    path: Path
+    ckpt: dict[str, Any]
+
+
+def run_config(opt: TrainOptions) -> tuple[RunConfig, DataConfig, Resume | None]:
+    """The run's config: read back from the checkpoint on --resume (only --device and --workers
+    come from this command line), else resolved from the options and the data YAML's defaults."""
+    if not opt.resume:
+        data_cfg = load_data_config(opt.data)
+        return RunConfig.resolve(opt, data_cfg.train_defaults), data_cfg, None
+    path = Path(opt.resume) if opt.resume not in ("True", "last") else newest(f"{opt.project}/*/weights/last.pt")
+    if path is None:
+        raise CheckpointError(f"--resume: no {opt.project}/*/weights/last.pt to resume from")
+    ckpt = load_checkpoint(path)
+    saved = RunConfig.from_saved(ckpt.get("config") or {}, str(path), int(ckpt.get("version", 1)))
+    options = saved.options.replace(device=opt.device, workers=opt.workers, resume=str(path), exist_ok=True,
+                                    project=str(path.parent.parent.parent), name=path.parent.parent.name)
+    config = RunConfig(options, saved.hyp)
+    if int(ckpt.get("epoch", -1)) + 1 >= options.epochs:
+        raise CheckpointError(f"{path}: training already finished ({int(ckpt['epoch']) + 1}/{options.epochs} epochs); "
+                              f"nothing to resume")
+    LOG.info("resuming %s from epoch %d", path, int(ckpt["epoch"]) + 1)
+    return config, load_data_config(options.data), Resume(path, ckpt)
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    s = seed + max(rank, 0)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def build_trainer(opt: TrainOptions, train_loader=None) -> Trainer:
+    """A Trainer ready to fit(). `train_loader` replaces the data YAML's training loader
+    (benchmarks/finetune_official_loader.py trains on batches another loader made)."""
+    dist = dist_info_from_env()
+    device = select_device(opt.device, dist)
+    init_distributed(dist, device)
+    config, data_cfg, resume = run_config(opt)
+    opt, hyp = config.options, config.hyp
+    seed_everything(opt.seed, dist.rank)
+    init = read_weights(opt.weights) if opt.weights and resume is None else None
+    model = build_model(_model_cfg(opt, init, resume), num_classes=1 if opt.single_cls else data_cfg.nc)
+    precision = amp_precision(device, opt.amp, opt.amp_dtype)  # --amp bf16 on a V100 fails here
+    fmt = memory_format(device, "train", opt.channels_last or None)
+    stride = int(max(model.stride))
+    if opt.img_size % stride:
+        raise ConfigError(f"--img-size {opt.img_size}: must be a multiple of the model stride {stride}")
+    if train_loader is None:
+        train_loader, train_set = build_dataloader(
+            data_cfg, "train", opt.img_size, opt.batch_size // max(dist.world_size, 1), hyp.augment(), rect=opt.rect,
+            cache=opt.cache, workers=opt.workers, shuffle=not opt.rect, rank=dist.rank, world_size=dist.world_size,
+            seed=opt.seed, single_cls=opt.single_cls, stride=stride, pin_memory=device.type == "cuda")
+        start = int(resume.ckpt["epoch"]) + 1 if resume else 0
+        train_loader.start_at(start)  # the loader's keys carry their epoch: where to start, when mosaic closes
+        train_loader.set_mosaic_epochs(mosaic_epochs(opt.epochs, hyp.close_mosaic))
+    else:
+        train_set = getattr(train_loader, "dataset", None)
+    val = _val_loader(data_cfg, opt, dist, device, stride) if dist.is_main and not opt.noval else None
+    save_dir = _run_dir(opt, dist, resume)  # the first thing written: every check above has passed
+    model = model.to(device, memory_format=fmt)
+    configure_cuda(device, fixed_shapes=not (opt.multi_scale or opt.rect))
+    if init is not None:
+        loaded, total, differ = transfer_weights(model, init.get("ema") or init["model"])
+        LOG.info("transferred %d/%d tensors from %s%s", loaded, total, opt.weights,
+                 f" (layers that differ from --cfg: {differ})" if differ else "")
+    optimizer = build_optimizer(model, opt.optimizer, hyp.lr0, hyp.momentum, config.effective_weight_decay)
+    criterion = build_criterion(hyp.loss_gains(), model.head.kind, opt.img_size)
+    ema = ModelEMA(model) if dist.is_main else None
+    if resume:
+        _restore_weights(model, ema, resume)
+    compile_model(model, opt.compile)  # in place, after the EMA's copy
+    wrapped = _distributed(model, opt, dist, device)
+    names = ["item"] if opt.single_cls else list(data_cfg.names)
+    describe = _describe(model, config, data_cfg, names)
+    hooks = _hooks(config, val, ema, save_dir, train_set, names, describe, device, precision,
+                   resume) if dist.is_main else []
+    trainer = Trainer(wrapped, criterion, optimizer, train_loader, config, device=device, dist=dist,
+                      precision=precision, memory_format=fmt, hooks=hooks, stride=stride)
+    if resume:
+        trainer.load_state_dict(resume.ckpt)
+    if dist.is_main:
+        save_yaml(describe, save_dir / "config.yaml")
+    return trainer
+
+
+def _model_cfg(opt: TrainOptions, init: dict | None, resume: Resume | None) -> str | dict:
+    """The resumed run's model, else --cfg, else the --weights checkpoint's own, else the default."""
+    if resume:
+        return resume.ckpt["config"]["model"]
+    if not opt.cfg and init and "model" in init.get("config", {}):
+        return init["config"]["model"]
+    return str(resolve_repo_path(opt.cfg or DEFAULT_CFG))
+
+
+def _run_dir(opt: TrainOptions, dist: DistInfo, resume: Resume | None) -> Path:
+    if resume is not None or not dist.is_main:  # only rank 0 makes folders
+        return Path(opt.project) / opt.name
+    return new_run_dir(opt.project, opt.name, opt.exist_ok)
+
+
+def _restore_weights(model: nn.Module, ema: ModelEMA | None, resume: Resume) -> None:
+    report = load_state_dict_checked(model, resume.ckpt["model"], resume.path)
+    if report:
+        raise CheckpointError(f"{resume.path}: cannot resume: {report}")
+    if ema is not None and resume.ckpt.get("ema"):
+        load_state_dict_checked(ema.ema, resume.ckpt["ema"], resume.path)
+        ema.updates = int(resume.ckpt.get("ema_updates", 0))
+
+
+def _distributed(model: nn.Module, opt: TrainOptions, dist: DistInfo, device: torch.device) -> nn.Module:
+    if not dist.enabled:
+        return model
+    if opt.sync_bn and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        LOG.info("SyncBatchNorm: %d layers", sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules()))
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _describe(model: Model, config: RunConfig, data_cfg: DataConfig, names: list[str]) -> dict[str, Any]:
+    """The config saved as config.yaml and inside every checkpoint (plain types only): what
+    rebuilds the model and what inference needs, then the RunConfig."""
+    m = unwrap(model)
+    single = config.options.single_cls
+    return {"model": m.yaml, "nc": m.nc, "names": names,
+            "category_ids": [1] if single else [int(i) for i in data_cfg.category_ids],
+            "img_size": config.options.img_size, "data": str(config.options.data), **config.to_dict()}
+
+
+def _hooks(config: RunConfig, val, ema: ModelEMA, save_dir: Path, train_set, names: list[str], describe: dict,
+           device: torch.device, precision, resume: Resume | None) -> list[Hook]:
+    """Rank 0's hooks, in the order they must run at each epoch's end: evaluate, log, save."""
+    opt = config.options
+    log = ResultsLog(save_dir, resume=resume is not None)
+    hooks: list[Hook] = [EMAHook(ema)]
+    if not opt.noval:
+        hooks.append(EvalHook(_evaluator(val, save_dir, device, precision), ema, save_dir / "weights" / "best.pt",
+                              opt.patience))
+    hooks += [ResultsHook(log), CheckpointHook(save_dir / "weights", ema, describe, opt.nosave, opt.save_period)]
+    if not opt.noplots:
+        hooks.append(PlotHook(save_dir, train_set, names, log))
+    if opt.log_grads:
+        hooks.append(GradNormHook(opt.log_grads, log))
+    return hooks
+
+
+def _val_loader(data_cfg: DataConfig, opt: TrainOptions, dist: DistInfo, device: torch.device, stride: int):
+    """(loader, dataset) of the val split, rectangular batches twice the training batch per rank."""
+    return build_dataloader(data_cfg, "val", opt.img_size, opt.batch_size // max(dist.world_size, 1) * 2, None,
+                            rect=True, cache=opt.cache, workers=opt.workers, single_cls=opt.single_cls, stride=stride,
+                            pin_memory=device.type == "cuda")
+
+
+def _evaluator(val, save_dir: Path, device: torch.device, precision):
+    """evaluate(model, plots, final) over the val split: each epoch in the training precision, the
+    final one of best.pt in float32 with full-resolution masks, its predictions saved."""
+    from engine.eval.evaluator import evaluate
+
+    loader, dataset = val
+
+    def run(model: nn.Module, plots: bool = False, final: bool = False):
+        return evaluate(model, loader, dataset, device, half=precision.amp and not final, save_dir=save_dir,
+                        save_json=final, plots=plots, verbose=final, retina_masks=final)
+
+    return run
+
+
+def train(opt: TrainOptions) -> dict[str, Any]:
+    """train.py's whole run."""
+    from utils.dist import cleanup
+
+    trainer = build_trainer(opt)
+    try:
+        results = trainer.fit()
+    finally:
+        cleanup(trainer.dist)
+    if trainer.dist.is_main and "save_dir" in results:
+        print(f"Results saved to {results['save_dir']}")
+    return results

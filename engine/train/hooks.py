@@ -1,0 +1,189 @@
+"""Training hooks: what runs around the loop's steps without being the loop. Each gets the trainer
+at the events it overrides; they run in the order given, so a later hook of the same event sees
+what an earlier one wrote into `trainer.epoch_results` (evaluation before logging before saving).
+The builder installs the writing hooks on rank 0 only. ("Trainer" in the signatures is
+engine.train.trainer.Trainer, not imported: the trainer imports this module.)"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.checkpoint import model_from_checkpoint
+from engine.train.ema import ModelEMA
+from engine.train.results import ResultsLog
+from models.summary import stage_label
+from utils.dist import unwrap
+from utils.io import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from utils.memory import process_tree_rss
+from utils.structures import Batch
+
+LOG = logging.getLogger("gradpath.train")
+
+
+class Hook:
+    """Every event, doing nothing."""
+
+    def before_train(self, trainer: "Trainer") -> None: ...
+
+    def before_epoch(self, trainer: "Trainer") -> None:
+        """The model is in train mode (a hook may put parts of it back in eval mode)."""
+
+    def before_step(self, trainer: "Trainer", batch: Batch, i: int) -> None: ...
+
+    def before_optimizer_step(self, trainer: "Trainer") -> None:
+        """Gradients unscaled and clipped, not applied yet."""
+
+    def after_optimizer_step(self, trainer: "Trainer") -> None: ...
+
+    def after_epoch(self, trainer: "Trainer") -> None: ...
+
+    def after_train(self, trainer: "Trainer") -> None: ...
+
+
+class EMAHook(Hook):
+    """ema = d * ema + (1 - d) * model after every optimizer step."""
+
+    def __init__(self, ema: ModelEMA):
+        self.ema = ema
+
+    def after_optimizer_step(self, trainer: "Trainer") -> None:
+        self.ema.update(unwrap(trainer.model))
+
+
+class EvalHook(Hook):
+    """Validates the EMA model after every epoch (plots on the last), keeps the best fitness,
+    stops the run after `patience` epochs without improvement, and at the end scores best.pt at
+    full mask resolution and prints the COCO tables."""
+
+    def __init__(self, evaluate, ema: ModelEMA, best: Path, patience: int = 0):
+        """evaluate(model, plots=..., final=...) -> EvalResult."""
+        self.evaluate, self.ema, self.best, self.patience = evaluate, ema, best, patience
+        self.stale = 0
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        epoch = trainer.epoch
+        result = self.evaluate(self.ema.ema, plots=epoch + 1 == trainer.config.options.epochs)
+        fitness = float(result.fitness)
+        improved = fitness > trainer.best_fitness
+        if improved:
+            trainer.best_fitness = fitness
+        self.stale = 0 if improved else self.stale + 1
+        trainer.epoch_results.update(metrics=result.summary(), fitness=fitness, improved=improved)
+        if self.patience and self.stale >= self.patience:
+            LOG.info("no improvement for %d epochs: stopping early", self.patience)
+            trainer.stop_requested = True
+
+    def after_train(self, trainer: "Trainer") -> None:
+        model = model_from_checkpoint(load_checkpoint(self.best), self.best).to(trainer.device).eval()
+        result = self.evaluate(model, plots=True, final=True)
+        print(result.table())
+        trainer.results.update(fitness=float(result.fitness), **result.summary())
+
+
+class ResultsHook(Hook):
+    """One results.csv row and TensorBoard scalars per epoch; results.png at the end."""
+
+    def __init__(self, log: ResultsLog):
+        self.log = log
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        r = trainer.epoch_results
+        lrs = {f"lr/pg{j}": g["lr"] for j, g in enumerate(trainer.optimizer.param_groups)}
+        images = getattr(trainer.loader, "images_per_epoch", len(trainer.loader))
+        self.log.epoch(trainer.epoch, {**{f"train/{k}": v for k, v in r["losses"].items()}, **r.get("metrics", {}),
+                                       **lrs, "sys/rss_gib": process_tree_rss() / 2**30,
+                                       "sys/train_img_s": images / max(trainer.epoch_seconds, 1e-9)})
+
+    def after_train(self, trainer: "Trainer") -> None:
+        self.log.close(plot=True)
+        trainer.results["save_dir"] = str(self.log.save_dir)
+
+
+class CheckpointHook(Hook):
+    """last.pt every epoch, best.pt when the epoch improved (every epoch without validation),
+    epochN.pt every `save_period`; with `nosave` only the run's last epoch (however it ends).
+    `describe` is the static part of every checkpoint's config (model cfg, names, the RunConfig)."""
+
+    def __init__(self, weights_dir: Path, ema: ModelEMA, describe: dict[str, Any], nosave: bool = False,
+                 save_period: int = -1):
+        self.dir, self.ema, self.describe = Path(weights_dir), ema, describe
+        self.nosave, self.save_period = nosave, save_period
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        epoch = trainer.epoch
+        last = epoch + 1 == trainer.config.options.epochs or trainer.stop_requested
+        if self.nosave and not last:
+            return
+        improved = trainer.epoch_results.get("improved", True)
+        ckpt = self.checkpoint(trainer)
+        save_checkpoint(ckpt, self.dir / "last.pt")
+        if improved or not (self.dir / "best.pt").exists():
+            save_checkpoint(ckpt, self.dir / "best.pt")
+        if self.save_period > 0 and (epoch + 1) % self.save_period == 0:
+            save_checkpoint(ckpt, self.dir / f"epoch{epoch + 1}.pt")
+
+    def checkpoint(self, trainer: "Trainer") -> dict[str, Any]:
+        cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
+        return {"model": cpu(unwrap(trainer.model)), "ema": cpu(self.ema.ema), "ema_updates": self.ema.updates,
+                **trainer.state_dict(), "config": self.describe, "version": FORMAT_VERSION,
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+class PlotHook(Hook):
+    """labels.png before training; the first three training batches as the model sees them, to the
+    run folder and TensorBoard."""
+
+    def __init__(self, save_dir: Path, dataset, names: list[str], log: ResultsLog):
+        self.save_dir, self.dataset, self.names, self.log = Path(save_dir), dataset, names, log
+
+    def before_train(self, trainer: "Trainer") -> None:
+        from data.plots import plot_labels
+
+        plot_labels(self.dataset, self.save_dir / "labels.png")
+
+    def before_step(self, trainer: "Trainer", batch: Batch, i: int) -> None:
+        if trainer.epoch != trainer.start_epoch or i >= 3:
+            return
+        from data.plots import plot_batch
+
+        grid = plot_batch(batch, self.names, self.save_dir / f"train_batch{i}.jpg")
+        self.log.image(f"train_batch{i}", grid[:, :, ::-1].copy(), 0)
+
+
+class GradNormHook(Hook):
+    """Per-stage gradient norms (after unscaling and clipping) every `every` optimizer steps."""
+
+    def __init__(self, every: int, log: ResultsLog):
+        self.every, self.log = every, log
+
+    def before_optimizer_step(self, trainer: "Trainer") -> None:
+        if trainer.global_step % self.every == 0:
+            for name, value in stage_grad_norms(unwrap(trainer.model)).items():
+                self.log.scalar(f"grads/{name}", value, trainer.global_step)
+
+
+def stage_grad_norms(model: nn.Module) -> dict[str, float]:
+    """L2 norm of the gradients per top-level stage (after backward), plus 'total' and
+    'nonfinite' (1.0 when any gradient holds inf/nan). Parameters without .grad are skipped."""
+    names, grads = [], []
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            names.append(stage_label(model, n))
+            grads.append(p.grad.detach())
+    if not grads:
+        return {"total": 0.0, "nonfinite": 0.0}
+    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).cpu().tolist()
+    per_stage: dict[str, list[float]] = defaultdict(list)
+    for stage, v in zip(names, norms):
+        per_stage[stage].append(v)
+    out = {stage: math.hypot(*vs) for stage, vs in per_stage.items()}
+    out["total"] = math.hypot(*norms)
+    out["nonfinite"] = float(not all(math.isfinite(v) for v in norms))
+    return out

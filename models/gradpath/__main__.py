@@ -1,0 +1,5 @@
+import sys
+
+from models.gradpath.report import main
+
+sys.exit(main())

@@ -1,0 +1,148 @@
+"""The root CLIs take the YOLOv7-compatible flags of the architecture document, read from each
+script's own argparse parser (build_parser): option strings, kinds, types, choices and defaults,
+and what a command line parses to."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SCRIPTS = ("train.py", "val.py", "detect.py", "export.py")
+
+
+def parser(script: str) -> argparse.ArgumentParser:
+    p = importlib.import_module(script.removesuffix(".py")).build_parser()
+    p.prog = script  # as when run: the usage line names the script
+    return p
+
+
+def options(script: str) -> dict[str, argparse.Action]:
+    return {s: a for a in parser(script)._actions for s in a.option_strings}
+
+
+def is_switch(action: argparse.Action) -> bool:
+    """--flag alone sets True (store_true)."""
+    return action.nargs == 0 and action.const is True and action.default is False
+
+
+def takes_value(action: argparse.Action, type_=None) -> bool:
+    """--flag VALUE, converted by type_ (None: kept a string)."""
+    return isinstance(action, argparse._StoreAction) and action.nargs is None and action.type is type_
+
+
+# flags -> what each is: a value of a type, a switch, or an exact check of the action
+SPEC = {
+    "train.py": {
+        **dict.fromkeys("--weights --cfg --data --hyp --device --project --name".split(), str),
+        **dict.fromkeys("--epochs --batch-size --img-size --workers --save-period --seed".split(), int),
+        **dict.fromkeys("--exist-ok --rect --multi-scale --single-cls --sync-bn".split(), "switch"),
+        "--resume": lambda a: a.nargs == "?" and a.default == "",  # alone: the newest run; or a last.pt
+        "--cache": lambda a: a.nargs == "?" and a.const == "ram" and set(a.choices) == {"ram", "disk"},
+        "--optimizer": lambda a: set(a.choices) == {"SGD", "AdamW"} and a.default == "SGD",
+        "--linear-lr": lambda a: a.nargs == 0 and a.dest == "lr_schedule" and a.const == "linear",
+        "--lr-schedule": lambda a: "linear" in a.choices and "cosine" in a.choices,
+    },
+    "val.py": {
+        **dict.fromkeys("--weights --data --ann-json --pred-json".split(), str),
+        **dict.fromkeys("--batch-size --img-size".split(), int),
+        **dict.fromkeys("--conf-thres --iou-thres".split(), float),
+        **dict.fromkeys("--save-json --save-txt --verbose".split(), "switch"),
+        "--task": lambda a: set(a.choices) == {"val", "test", "speed"} and a.default == "val",
+    },
+    "detect.py": {
+        **dict.fromkeys("--weights --source --project --name".split(), str),
+        **dict.fromkeys("--img-size --max-det".split(), int),
+        **dict.fromkeys("--conf-thres --iou-thres".split(), float),
+        **dict.fromkeys("--save-txt --save-json --view-img --nosave".split(), "switch"),
+        "--classes": lambda a: a.nargs == "+" and a.type is int and a.default is None,
+    },
+    "export.py": {
+        "--weights": lambda a: a.required and a.type is None,
+        "--format": lambda a: "onnx" in a.choices and a.default == "onnx",
+        "--img-size": int,
+        "--dynamic": "switch",
+    },
+}
+# YOLOv7's defaults where a result depends on them (its test.py and detect.py)
+DEFAULTS = {
+    "val.py": {"batch_size": 32, "conf_thres": 0.001, "iou_thres": 0.65, "img_size": None, "task": "val"},
+    "detect.py": {"conf_thres": 0.25, "iou_thres": 0.45, "max_det": 300, "img_size": None, "project": "runs/detect",
+                  "name": "exp", "nosave": False},
+    "export.py": {"format": "onnx", "img_size": None, "dynamic": False},
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_documented_flag_is_an_option_of_its_kind(script):
+    found = options(script)
+    wrong = []
+    for flag, kind in SPEC[script].items():
+        action = found.get(flag)
+        if action is None:
+            wrong.append(f"{flag}: no such option")
+        elif kind == "switch" and not is_switch(action):
+            wrong.append(f"{flag}: not a switch (nargs {action.nargs}, default {action.default!r})")
+        elif isinstance(kind, type) and not takes_value(action, None if kind is str else kind):
+            wrong.append(f"{flag}: does not take one {kind.__name__} (type {action.type}, nargs {action.nargs})")
+        elif not isinstance(kind, (str, type)) and not kind(action):
+            wrong.append(f"{flag}: {action}")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("script", sorted(DEFAULTS))
+def test_defaults(script):
+    ns = parser(script).parse_args(["--weights", "w.pt"])
+    assert {k: getattr(ns, k) for k in DEFAULTS[script]} == DEFAULTS[script]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_img_size_aliases_are_one_option(script):
+    found = options(script)
+    assert found["--img-size"] is found["--img"] is found["--imgsz"]
+    assert parser(script).parse_args(["--weights", "w.pt", "--imgsz", "320"]).img_size == 320
+
+
+def test_a_train_command_line_parses_to_its_values():
+    ns = parser("train.py").parse_args(["--img", "320", "--batch-size", "8", "--cache", "--linear-lr", "--rect",
+                                        "--resume", "--optimizer", "AdamW", "--device", "0,1"])
+    assert (ns.img_size, ns.batch_size, ns.cache, ns.lr_schedule, ns.rect, ns.resume, ns.optimizer, ns.device) == \
+        (320, 8, "ram", "linear", True, "True", "AdamW", "0,1")
+    assert parser("train.py").parse_args(["--resume", "runs/train/exp/weights/last.pt"]).resume == \
+        "runs/train/exp/weights/last.pt"
+
+
+def test_a_detect_command_line_parses_to_its_values():
+    ns = parser("detect.py").parse_args(["--source", "clip.mp4", "--classes", "0", "2", "--conf-thres", "0.5",
+                                         "--save-txt", "--nosave"])
+    assert (ns.source, ns.classes, ns.conf_thres, ns.save_txt, ns.nosave, ns.save_json) == \
+        ("clip.mp4", [0, 2], 0.5, True, True, False)
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("val.py", ["--task", "train"], "argument --task: invalid choice: 'train' (choose from 'val', 'test', 'speed')"),
+    ("train.py", ["--optimizer", "Adam"], "argument --optimizer: invalid choice: 'Adam' (choose from 'SGD', 'AdamW')"),
+    ("detect.py", ["--max-det", "many"], "argument --max-det: invalid int value: 'many'"),
+    ("export.py", [], "the following arguments are required: --weights"),
+    ("val.py", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_flags_exit_2_naming_the_flag(script, argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parser(script).parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip().splitlines()[-1] == f"{script}: error: {message}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_is_the_parsers_help(script, monkeypatch):
+    """What `script --help` prints is build_parser's help: the parser the tests read is the CLI's."""
+    monkeypatch.setenv("COLUMNS", "100")
+    r = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "COLUMNS": "100"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout == parser(script).format_help()
