@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from data.sequences import SEQUENCES, find_coco_source, generate  # noqa: E402
 from engine.eval.mot import MotMetrics, MotWriter, evaluate, read_mot  # noqa: E402
 from engine.infer.track import Tracker, TrackerConfig  # noqa: E402
-from utils.checkpoint import atomic_write_text  # noqa: E402
+from utils.io import atomic_write_text  # noqa: E402
 from utils.structures import Detections  # noqa: E402
 
 # ../shared/data, or where GRADPATH_SHARED_DATA says (as the tests resolve it)
@@ -42,9 +42,9 @@ SHARED = Path(os.environ.get("GRADPATH_SHARED_DATA", ROOT.parent / "shared" / "d
 
 def detect(video: Path, weights: str, device: str, img_size: int, conf: float) -> tuple[list[dict], float, float]:
     """detect.py-style results of every frame, the frame rate, and the detector's ms per frame."""
-    from engine.evaluator import to_coco_results
-    from engine.predictor import PredictOptions, Predictor
-    from engine.sources import SkipReport, open_source
+    from engine.eval.evaluator import to_coco_results
+    from engine.infer.predictor import PredictOptions, Predictor
+    from engine.infer.sources import SkipReport, open_source
 
     pred = Predictor(PredictOptions(weights=weights, source=str(video), img_size=img_size, conf_thres=conf,
                                     device=device))

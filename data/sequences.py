@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.checkpoint import atomic_write_text
+from utils.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "datasets" / "coco-mini"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.checkpoint import atomic_write_text
+from utils.io import atomic_write_text
 
 
 class MotFileError(ValueError):

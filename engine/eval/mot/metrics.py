@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from engine.eval.mot.files import MotTable
-from utils.boxes import box_iou
+from utils.geometry import box_iou
 
 
 @dataclass(frozen=True)
