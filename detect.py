@@ -15,25 +15,27 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from utils.cli_args import ArgumentParser, add_img_size, at_least, batch_size, device, number_in
+
 ROOT = Path(__file__).resolve().parent
 SAMPLES = ROOT / "datasets" / "coco-mini" / "images"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     """detect.py's command line (tests read its options from here)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 .pt, or exported .onnx (default: newest best.pt)")
     p.add_argument("--source", default=str(SAMPLES), help="file, folder, glob, .txt list, video, webcam index or URL")
-    p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="default: the training size")
-    p.add_argument("--conf-thres", type=float, default=0.25)
-    p.add_argument("--iou-thres", type=float, default=0.45)
-    p.add_argument("--max-det", type=int, default=300)
-    p.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these class indices")
+    add_img_size(p, help="default: the training size; rounded up to the model's stride")
+    p.add_argument("--conf-thres", type=number_in(0.0, 1.0), default=0.25)
+    p.add_argument("--iou-thres", type=number_in(0.0, 1.0), default=0.45)
+    p.add_argument("--max-det", type=at_least(1), default=300)
+    p.add_argument("--classes", type=at_least(0), nargs="+", default=None, help="keep only these class indices")
     p.add_argument("--agnostic-nms", action="store_true")
-    p.add_argument("--device", default="", help="cpu or a CUDA index such as 0 (of a list, the first)")
+    p.add_argument("--device", type=device, default="", help="cpu or a CUDA index such as 0 (of a list, the first)")
     p.add_argument("--half", action="store_true", help="FP16 on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the first batch is slower)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (folders)")
+    p.add_argument("--batch-size", "--batch", type=batch_size, default=8, help="images per inference batch (folders)")
     p.add_argument("--save-txt", action="store_true", help="YOLO txt: class + polygon (masks) or box")
     p.add_argument("--save-conf", action="store_true", help="append confidences to --save-txt lines")
     p.add_argument("--save-json", action="store_true", help="predictions.json (COCO results, RLE masks)")
@@ -44,9 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="runs/detect")
     p.add_argument("--name", default="exp")
     p.add_argument("--exist-ok", action="store_true")
-    p.add_argument("--line-thickness", type=int, default=None)
+    p.add_argument("--line-thickness", type=at_least(1), default=None)
     p.add_argument("--hide-labels", action="store_true")
     p.add_argument("--hide-conf", action="store_true")
+    p.add_ignored("--data", instead="class names come from the checkpoint", nargs=1)
+    p.add_ignored("--update", instead="checkpoints hold state_dicts only: nothing to strip")
+    p.add_ignored("--dnn", instead="an .onnx model runs through onnxruntime")
+    p.add_ignored("--no-trace", instead="models are never traced")
+    p.add_refused("--augment", reason="test-time augmentation is not available here")
+    p.add_refused("--save-csv", reason="not available here: use --save-json (COCO results) or --save-txt")
+    p.add_refused("--save-format", reason="only 0 (YOLO txt) is available here", nargs=1, type=int, accept=[0])
+    p.add_refused("--vid-stride", reason="every frame is processed here (only 1 is accepted)", nargs=1, type=int,
+                  accept=[1])
     return p
 
 

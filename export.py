@@ -9,17 +9,19 @@ import argparse
 import logging
 import sys
 
+from utils.cli_args import ArgumentParser, add_img_size, device
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser() -> ArgumentParser:
     """export.py's command line (tests read its options from here)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="gradpath or official YOLOv5/YOLOv7 checkpoint (.pt)")
     p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="default: the training size")
+    add_img_size(p, help="default: the training size; rounded up to the model's stride")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and image size")
     p.add_argument("--half", action="store_true", help="FP16 (needs --device 0)")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", default=None, help="output path (default: weights with .onnx)")
     return p
 

@@ -13,22 +13,24 @@ import logging
 import sys
 from pathlib import Path
 
+from utils.cli_args import ArgumentParser, add_img_size, at_least, batch_size, device, number_in
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser() -> ArgumentParser:
     """val.py's command line (tests read its options from here)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 checkpoint (.pt)")
     p.add_argument("--data", default="", help="dataset YAML (default: the one the checkpoint was trained on)")
-    p.add_argument("--batch-size", type=int, default=32,
+    p.add_argument("--batch-size", "--batch", type=batch_size, default=32,
                    help="images per batch; rectangular batches are shaped by their images, so AP depends on it "
                         "(32, as the official val.py)")
-    p.add_argument("--img-size", "--img", "--imgsz", type=int, default=None, help="default: the training size")
-    p.add_argument("--conf-thres", type=float, default=0.001)
-    p.add_argument("--iou-thres", type=float, default=0.65, help="NMS IoU")
-    p.add_argument("--max-det", type=int, default=300)
+    add_img_size(p, help="default: the training size; rounded up to the model's stride")
+    p.add_argument("--conf-thres", type=number_in(0.0, 1.0), default=0.001)
+    p.add_argument("--iou-thres", type=number_in(0.0, 1.0), default=0.65, help="NMS IoU")
+    p.add_argument("--max-det", type=at_least(1), default=300)
     p.add_argument("--task", choices=["val", "test", "speed"], default="val")
-    p.add_argument("--device", default="", help="cpu or a CUDA index such as 0 (of a list, the first)")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--device", type=device, default="", help="cpu or a CUDA index such as 0 (of a list, the first)")
+    p.add_argument("--workers", type=at_least(0), default=4)
     p.add_argument("--half", action="store_true", help="FP16 inference on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (each new batch shape compiles once)")
     p.add_argument("--retina-masks", action="store_true", help="masks decoded at full resolution")
@@ -42,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exist-ok", action="store_true")
     p.add_argument("--ann-json", default="", help="score an existing results file against this COCO JSON")
     p.add_argument("--pred-json", default="", help="COCO results file to score (with --ann-json)")
+    p.add_ignored("--save-conf", instead="--save-txt lines always end with the confidence")
+    p.add_ignored("--dnn", instead="an .onnx model runs through onnxruntime")
+    p.add_ignored("--no-trace", instead="models are never traced")
+    p.add_ignored("--v5-metric", instead="AP is COCO's 101-point interpolation (pycocotools / faster-coco-eval)")
+    p.add_refused("--augment", reason="test-time augmentation is not available here")
+    p.add_refused("--save-hybrid", reason="not available here (it writes ground truth into the predicted labels)")
     return p
 
 

@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--cache", choices=["ram", "disk"], default=None, help="decoded, resized images cached (filled first)")
     args = p.parse_args()
     cfg = load_data_config(args.data or default_data())
-    aug = Hyp.load().augment()
+    aug = Hyp.load().aug
     print(f"data={cfg.source} img={args.img_size} batch={args.batch_size} cache={args.cache} "
           "(mosaic, segment labels)")
     print(f"{'loader':<22}{'workers':>8}{'img/s':>10}{'peak RSS GiB':>14}{'peak PSS GiB':>14}")

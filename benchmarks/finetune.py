@@ -31,11 +31,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.eval.coco_eval import STAT_NAMES  # noqa: E402
 from utils.memory import process_tree_rss  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 OFFICIAL_AP = SHARED / "official/yolov5n-dev32-ap.json"
-STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
 
 def data_yamls(out: Path, coco128: Path, dev32: Path) -> tuple[Path, Path]:
@@ -139,9 +139,9 @@ def main() -> int:
     after = validate(str(args.out / "train/weights/last.pt"), dev32_yaml, args, "val-after")
 
     official = json.loads(OFFICIAL_AP.read_text()) if OFFICIAL_AP.is_file() else {}
-    result = {"command": " ".join(cmd[1:]), "before": dict(zip(STATS, before)), "after": dict(zip(STATS, after)),
-              "official_before": dict(zip(STATS, official.get("official yolov5n.pt", []))),
-              "official_after": dict(zip(STATS, official.get("after the official 3-epoch fine-tune on coco128", []))),
+    result = {"command": " ".join(cmd[1:]), "before": dict(zip(STAT_NAMES, before)), "after": dict(zip(STAT_NAMES, after)),
+              "official_before": dict(zip(STAT_NAMES, official.get("official yolov5n.pt", []))),
+              "official_after": dict(zip(STAT_NAMES, official.get("after the official 3-epoch fine-tune on coco128", []))),
               "train_img_s_per_epoch": img_s, "train_img_s": len(img_s) / sum(1 / v for v in img_s),
               "peak_rss_gib": peak / 2**30, "peak_pss_gib": pss / 2**30, "train_wall_s": seconds}
     (args.out / "finetune.json").write_text(json.dumps(result, indent=1))

@@ -28,7 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.finetune import STATS, add_recipe_args, data_yamls, run, train_args, validate  # noqa: E402
+from benchmarks.finetune import add_recipe_args, data_yamls, run, train_args, validate  # noqa: E402
+from engine.eval.coco_eval import STAT_NAMES  # noqa: E402
 from engine.train.build import build_trainer  # noqa: E402
 from train import parse_args  # noqa: E402
 from utils.structures import Batch  # noqa: E402
@@ -96,7 +97,7 @@ def main() -> int:
         build_trainer(opt, train_loader=ReplayLoader(dump)).fit()
         theirs = validate(str(args.out / f"official-loader-{seed}/weights/last.pt"), dev32_yaml, args,
                           f"val-official-loader-{seed}")
-        rows.append({"seed": seed, "ours": dict(zip(STATS, ours)), "official_loader": dict(zip(STATS, theirs))})
+        rows.append({"seed": seed, "ours": dict(zip(STAT_NAMES, ours)), "official_loader": dict(zip(STAT_NAMES, theirs))})
         (args.out / "finetune_official_loader.json").write_text(json.dumps(rows, indent=1))
     print(f"{'seed':<6}{'AP, our loader':>16}{'AP, official loader':>21}{'AP50 ours':>11}{'AP50 official':>15}")
     for r in rows:

@@ -15,24 +15,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.paper_figures import PAPER  # noqa: E402
 from data.config import load_data_config  # noqa: E402
 from data.loader import build_dataloader  # noqa: E402
 from engine.checkpoint import load_model  # noqa: E402
 from engine.eval.evaluator import evaluate  # noqa: E402
 from utils.dist import select_device  # noqa: E402
-
-# cfg name -> (GFLOPs, params M or None, AP box, AP mask) as printed in the paper (../shared/PAPER.md)
-PAPER = {
-    "yolov5l-seg": (147.7, 47.9, 49.1, 40.0), "yolov5x-seg": (265.7, 88.8, 50.9, 41.4),
-    "yolor-v3-seg": (194.6, 64.3, 49.5, 40.9), "yolor-prn-seg": (194.6, 64.3, 50.0, 41.0),
-    "yolor-csp-seg": (159.0, 54.3, 51.0, 41.1), "yolor-csp-fusion-first-seg": (158.1, None, 50.8, 41.0),
-    "yolor-csp-fusion-last-seg": (155.6, None, 50.6, 40.9), "yolor-csp-fusion-none-seg": (154.8, None, 50.5, 40.9),
-    "yolor-elan-11-seg": (126.4, None, 50.2, 40.6), "yolor-elan-seg": (143.2, 34.5, 51.4, 41.5),
-    "yolor-elan-22-seg": (164.0, None, 51.8, 41.6), "yolor-elan-af-seg": (172.6, 45.9, 53.0, 43.3),
-    "yolor-csp-stopgrad-a-seg": (159.0, None, 48.8, 39.5), "yolor-csp-stopgrad-b-seg": (159.0, None, 47.7, 38.7),
-    "deep-vovnet-elan-seg": (253.4, None, 53.3, 42.9), "deep-vovnet-elan-csp-seg": (236.5, None, 53.4, 42.9),
-}
-
 
 def fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
@@ -58,10 +46,11 @@ def table(results: list[dict]) -> str:
     lines = ["| weights | cfg | GFLOPs (paper) | params M (paper) | AP box (paper) | AP mask (paper) |",
              "|---|---|---|---|---|---|"]
     for r in results:
-        p = r["paper"] or (None, None, None, None)
-        lines.append(f"| {r['weights']} | {r['cfg']} | {r['gflops']:.1f} ({fmt(p[0], '.1f')}) | "
-                     f"{r['params']:.2f} ({fmt(p[1], '.1f')}) | {r['ap_box']:.1f} ({fmt(p[2], '.1f')}) | "
-                     f"{r['ap_mask']:.1f} ({fmt(p[3], '.1f')}) |")
+        p = r["paper"]
+        gflops, params, ap_box, ap_mask = (p.gflops, p.params, p.ap_box, p.ap_mask) if p else (None,) * 4
+        lines.append(f"| {r['weights']} | {r['cfg']} | {r['gflops']:.1f} ({fmt(gflops, '.1f')}) | "
+                     f"{r['params']:.2f} ({fmt(params, '.1f')}) | {r['ap_box']:.1f} ({fmt(ap_box, '.1f')}) | "
+                     f"{r['ap_mask']:.1f} ({fmt(ap_mask, '.1f')}) |")
     return "\n".join(lines)
 
 

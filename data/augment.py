@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from utils.geometry import RatioPad
+from utils.masks import polygons_to_mask
 from utils.structures import Sample
-
-RatioPad = tuple[tuple[float, float], tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -342,9 +342,7 @@ def copy_paste(sample: Sample, p: float) -> Sample:
         ioa = inter / ((sample.boxes[:, 2] - sample.boxes[:, 0]) * (sample.boxes[:, 3] - sample.boxes[:, 1]) + 1e-9)
         if ioa.max() >= 0.3:
             continue
-        mask = np.zeros((h, w), np.uint8)
-        cv2.fillPoly(mask, [sample.segments[j].round().astype(np.int32)], 1)
-        mask = mask[:, ::-1].astype(bool)
+        mask = polygons_to_mask([sample.segments[j]], (h, w))[:, ::-1]
         img[mask] = sample.image[:, ::-1][mask]
         boxes.append(b)
         classes.append(sample.classes[j])
@@ -413,5 +411,5 @@ def rasterize(segments: list[np.ndarray], shape: tuple[int, int], downsample: in
     h, w = shape[0] // downsample, shape[1] // downsample
     masks = np.zeros((len(segments), h, w), np.uint8)
     for m, s in zip(masks, segments):
-        cv2.fillPoly(m, [(s / downsample).round().astype(np.int32)], 1)
+        m[polygons_to_mask([s / downsample], (h, w))] = 1
     return masks

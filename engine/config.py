@@ -9,11 +9,15 @@ import logging
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utils.errors import ConfigError
 from utils.io import load_yaml
 from utils.paths import REPO_ROOT, resolve_repo_path
+
+if TYPE_CHECKING:  # the shares' types; imported when used (Hyp._groups), so --help stays light
+    from data.augment import AugmentParams
+    from models.loss.losses import LossGains
 
 LOG = logging.getLogger("gradpath.config")
 DEFAULT_HYP = REPO_ROOT / "cfg" / "hyp" / "hyp.scratch-high.yaml"
@@ -44,10 +48,12 @@ class TrainOptions:
     epochs: int | None = None
     batch_size: int | None = None
     img_size: int | None = None
+    val_img_size: int | None = None  # None: img_size (YOLOv7's --img TRAIN TEST sets it)
     rect: bool = False
     resume: str = ""
     nosave: bool = False
     noval: bool = False
+    notest: bool = False  # validate only after the last epoch
     cache: str | None = None
     device: str = ""
     multi_scale: bool = False
@@ -69,9 +75,28 @@ class TrainOptions:
     log_grads: int = 0
     patience: int = 0
     noplots: bool = False
+    label_smoothing: float | None = None  # None: the hyp file's
+    freeze: tuple[int, ...] | str = ()  # (N,): the first N layers; (i, j, ...): those; "backbone"
+    class_carryover: bool = True  # keep the --weights head's rows of the class names the data shares
+
+    def __post_init__(self):
+        if isinstance(self.freeze, list):  # read back from a saved run
+            object.__setattr__(self, "freeze", tuple(self.freeze))
 
     def replace(self, **changes: Any) -> "TrainOptions":
         return dataclasses.replace(self, **changes)
+
+    def check(self) -> None:
+        """The rules between options (each flag's own range is checked where it is parsed)."""
+        never = "--noval" if self.noval else "--notest" if self.notest else ""
+        if self.patience and never:
+            raise ConfigError(f"--patience {self.patience} with {never}: patience counts epochs without a better "
+                              f"validation score, and {never} validates {'none' if self.noval else 'only the last'}; "
+                              f"drop one of them")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain types, as config.yaml and a checkpoint hold them."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def saved_options(saved: dict) -> dict:
@@ -105,8 +130,11 @@ HYP_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 
 @dataclass(frozen=True)
 class Hyp:
-    """The hyperparameters, typed. The field set is the key set of cfg/hyp/hyp.scratch-high.yaml,
-    which holds the default values (the dataclass holds none, so they live in one place)."""
+    """The hyperparameters, typed: the optimizer's and the schedule's here, the loss's as
+    `loss` (models.loss.losses.LossGains), the training augmentation's as `aug`
+    (data.augment.AugmentParams). Flat, in that order, they are the keys of
+    cfg/hyp/hyp.scratch-high.yaml, which holds the default values (no dataclass holds any, so
+    they live in one place); files, checkpoints and `replace` use the flat keys."""
 
     lr0: float
     lrf: float
@@ -117,36 +145,8 @@ class Hyp:
     warmup_bias_lr: float
     warmup_min_iters: int
     nominal_batch: int
-    box: float
-    cls: float
-    obj: float
-    cls_pw: float
-    obj_pw: float
-    anchor_t: float
-    obj_balance: tuple[float, ...]
-    fl_gamma: float
-    label_smoothing: float
-    box_af: float
-    cls_af: float
-    dfl: float
-    tal_topk: int
-    tal_alpha: float
-    tal_beta: float
-    seg: float
-    hsv_h: float
-    hsv_s: float
-    hsv_v: float
-    degrees: float
-    translate: float
-    scale: float
-    shear: float
-    perspective: float
-    flipud: float
-    fliplr: float
-    mosaic: float
-    mixup: float
-    copy_paste: float
-    albumentations: float
+    loss: LossGains
+    aug: AugmentParams
     close_mosaic: int
 
     @classmethod
@@ -171,36 +171,46 @@ class Hyp:
                          YOLOV7_WARMUP_MIN_ITERS)
         return cls.from_dict(values, str(path or DEFAULT_HYP))
 
+    @staticmethod
+    def _groups() -> dict[str, type]:
+        """The field holding each share, and its type (imported here: --help stays light)."""
+        from data.augment import AugmentParams
+        from models.loss.losses import LossGains
+
+        return {"loss": LossGains, "aug": AugmentParams}
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The flat keys, in file order."""
+        groups = cls._groups()
+        return [g.name for f in fields(cls) for g in (fields(groups[f.name]) if f.name in groups else [f])]
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "hyp") -> "Hyp":
-        """Every field from `values`, type- and range-checked (a saved run's hyp reads back here)."""
-        known = {f.name: f for f in fields(cls)}
-        missing = [k for k in known if k not in values]
+        """Every key from the flat `values`, type- and range-checked (a saved run's hyp reads back here)."""
+        keys = cls.keys()
+        missing = [k for k in keys if k not in values]
         if missing:
             raise ConfigError(f"{source}: hyperparameter '{missing[0]}' missing")
-        unknown = [k for k in values if k not in known]
+        unknown = [k for k in values if k not in keys]
         if unknown:
-            raise ConfigError(f"{source}: unknown hyperparameter '{unknown[0]}' (known: {', '.join(sorted(known))})")
-        return cls(**{k: _checked(source, k, values[k], known[k].type) for k in known})
+            raise ConfigError(f"{source}: unknown hyperparameter '{unknown[0]}' (known: {', '.join(sorted(keys))})")
+        check = lambda of: {f.name: _checked(source, f.name, values[f.name], f.type) for f in fields(of)}  # noqa: E731
+        groups = cls._groups()
+        own = {f.name: _checked(source, f.name, values[f.name], f.type) for f in fields(cls) if f.name not in groups}
+        return cls(**own, **{name: group(**check(group)) for name, group in groups.items()})
 
     def replace(self, **changes: Any) -> "Hyp":
+        """A copy with some flat keys changed (checked as a file's would be)."""
         return Hyp.from_dict({**self.as_dict(), **changes}, "hyp")
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain types (lists, not tuples), as a YAML file or a checkpoint holds them."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    def loss_gains(self):
-        """The loss's share of the hyperparameters (models.loss.LossGains)."""
-        from models.loss.losses import LossGains
-
-        return LossGains(**{f.name: getattr(self, f.name) for f in fields(LossGains)})
-
-    def augment(self):
-        """The training augmentation's share (data.augment.AugmentParams)."""
-        from data.augment import AugmentParams
-
-        return AugmentParams(**{f.name: getattr(self, f.name) for f in fields(AugmentParams)})
+        """The flat keys in file order, plain types (lists, not tuples), as a YAML file or a checkpoint holds them."""
+        flat: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flat.update(asdict(value) if dataclasses.is_dataclass(value) else {f.name: value})
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
 
 
 def _checked(source: str, key: str, value: Any, annotation: str) -> Any:
@@ -249,18 +259,17 @@ class RunConfig:
         return self.hyp.weight_decay * self.options.batch_size * self.accumulate / self.hyp.nominal_batch
 
     def to_dict(self) -> dict[str, Any]:
-        return {"args": asdict(self.options), "hyp": self.hyp.as_dict()}
+        return {"args": self.options.as_dict(), "hyp": self.hyp.as_dict()}
 
     @classmethod
     def resolve(cls, opt: TrainOptions, train_defaults: dict[str, Any] | None = None) -> "RunConfig":
         """Fill the options the CLI left unset from the data YAML's train_defaults, else FALLBACK;
-        load the hyp file; apply --close-mosaic."""
+        load the hyp file; apply --close-mosaic and --label-smoothing."""
         defaults = {**FALLBACK, **(train_defaults or {})}
         opt = opt.replace(**{k: defaults[k] for k in FALLBACK if getattr(opt, k) is None})
         hyp = Hyp.load(opt.hyp)
-        if opt.close_mosaic is not None:
-            hyp = hyp.replace(close_mosaic=opt.close_mosaic)
-        return cls(opt, hyp)
+        flags = {k: getattr(opt, k) for k in ("close_mosaic", "label_smoothing") if getattr(opt, k) is not None}
+        return cls(opt, hyp.replace(**flags) if flags else hyp)
 
     @classmethod
     def from_saved(cls, saved: dict[str, Any], source: str, version: int) -> "RunConfig":

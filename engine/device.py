@@ -14,9 +14,9 @@ LOG = logging.getLogger("gradpath.device")
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
-# Memory format by (device type, use), chosen from measurements only: on the 2-core CPU machine
-# channels_last makes fused inference 2-3x faster (oneDNN); nothing has been measured on a GPU yet,
-# so GPUs keep PyTorch's default until benchmarks/gpu_check.py's channels_last rows say otherwise.
+# Memory format by (device type, use), chosen from measurements only (benchmarks/gpu_check.py's
+# channels_last rows, benchmarks/train_step.py on a CPU): oneDNN's fused inference gains from
+# channels_last on CPUs; GPUs keep PyTorch's default until their rows say otherwise.
 CHANNELS_LAST = {("cpu", "inference"): True, ("cpu", "train"): False,
                  ("cuda", "inference"): False, ("cuda", "train"): False}
 

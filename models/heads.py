@@ -1,6 +1,6 @@
 """Detection heads with an optional prototype mask branch.
 
-Both heads share `HeadBase`: the proto branch, the grids, and the eval output contract
+Both heads share `HeadBase`: the proto branch and the eval output contract
 (B, N, 4 + nc + nm) = xyxy input pixels, per-class probabilities, raw mask coefficients.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from models.blocks import Conv, ImplicitA, ImplicitM, Proto
+from utils.geometry import cell_grid, dist_to_bbox
 from utils.structures import HeadOutput
 
 
@@ -23,13 +24,6 @@ class HeadBase(nn.Module, abc.ABC):
         self.nc, self.nm, self.nl = nc, nm, len(ch)
         self.proto = Proto(ch[0], npr, nm) if nm > 0 else None
         self.register_buffer("strides", torch.zeros(self.nl), persistent=True)
-
-    @staticmethod
-    def grid(h: int, w: int, device, dtype) -> torch.Tensor:
-        """(h*w, 2) xy cell indices, row by row."""
-        ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
-                                torch.arange(w, device=device, dtype=dtype), indexing="ij")
-        return torch.stack((xs, ys), -1).view(-1, 2)
 
     def forward(self, xs: list[torch.Tensor]):
         proto = self.proto(xs[0]) if self.proto is not None else None
@@ -103,7 +97,7 @@ class AnchorHead(HeadBase):
         for i, p in enumerate(preds):
             b, na, h, w, no = p.shape
             p = p.float()
-            g = self.grid(h, w, p.device, p.dtype).view(1, 1, h, w, 2)
+            g = cell_grid(h, w, p.device, p.dtype).view(1, 1, h, w, 2)
             xy = (p[..., :2].sigmoid() * 2 - 0.5 + g) * self.strides[i]
             wh = (p[..., 2:4].sigmoid() * 2) ** 2 * self.anchors[i].view(1, na, 1, 1, 2)
             outs.append(torch.cat((xy, wh, p[..., 4:5 + self.nc].sigmoid(), p[..., 5 + self.nc:]), -1).view(b, -1, no))
@@ -162,9 +156,9 @@ class AnchorFreeHead(HeadBase):
             p = p.float().flatten(2).transpose(1, 2)  # (B, h*w, C)
             # bins is float16 after model.half() (--half); the decode runs in float32
             dist = p[..., :4 * self.reg_max].view(b, -1, 4, self.reg_max).softmax(-1) @ self.bins.float()
-            centres = (self.grid(h, w, p.device, p.dtype) + 0.5) * self.strides[i]
-            dist = dist * self.strides[i]
-            box = torch.cat((centres - dist[..., :2], centres + dist[..., 2:]), -1)
+            # the strides stay tensors here (not anchor_points' Python floats): no graph break under --compile
+            centres = (cell_grid(h, w, p.device, p.dtype) + 0.5) * self.strides[i]
+            box = dist_to_bbox(centres, dist * self.strides[i])
             scores = p[..., 4 * self.reg_max:4 * self.reg_max + self.nc].sigmoid()
             outs.append(torch.cat((box, scores, p[..., 4 * self.reg_max + self.nc:]), -1))
         return torch.cat(outs, 1)

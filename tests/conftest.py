@@ -118,6 +118,14 @@ def ema_of(trainer):
     return next(h.ema for h in trainer.hooks if isinstance(h, EMAHook))
 
 
+# The overfitting runs' hyp (tests/e2e/test_train.py on the CPU, tests/cuda/test_cuda.py with AMP): every
+# batch steps, no augmentation, and an LR that decays 100x so BatchNorm's running statistics catch up
+# with the weights before the end (eval mode uses them)
+OVERFIT_HYP = {"nominal_batch": 6, "warmup_epochs": 1.0, "warmup_min_iters": 0, "lr0": 0.002, "lrf": 0.01,
+               "weight_decay": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0,
+               "fliplr": 0.0, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0, "close_mosaic": 0}
+
+
 def write_subset(folder: Path, n: int, large: bool = False) -> Path:
     """A dataset YAML in `folder` whose train and val splits are the same n bundled images (the
     first n, or with large=True the n with the fewest small objects: the easiest to fit at a low

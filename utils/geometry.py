@@ -1,6 +1,6 @@
 """Box geometry, one implementation for the losses, the assigners, inference and evaluation: IoU /
-CIoU, xyxy <-> xywh, ltrb distances, anchor points, and the mapping between input (letterboxed) and
-original image pixels."""
+CIoU, xyxy <-> xywh, ltrb distances, feature-map grids and anchor points, box crops, and the
+mapping between input (letterboxed) and original image pixels."""
 from __future__ import annotations
 
 import math
@@ -56,16 +56,34 @@ def bbox_to_dist(points: Tensor, boxes: Tensor) -> Tensor:
     return torch.cat((points - boxes[..., :2], boxes[..., 2:] - points), -1)
 
 
+def cell_grid(h: int, w: int, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(h*w, 2) xy cell indices of an h x w feature map, row by row."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype), torch.arange(w, device=device, dtype=dtype),
+                            indexing="ij")
+    return torch.stack((xs, ys), -1).view(-1, 2)
+
+
 def anchor_points(shapes: list[tuple[int, int]], strides: Tensor) -> tuple[Tensor, Tensor]:
     """Cell centres of every level, row-major per level: -> points (A,2) xy pixels, strides (A,1)."""
     points, steps = [], []
     dev = strides.device  # made there: no host-to-device copy in every loss call
     for (h, w), s in zip(shapes, strides.tolist()):
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=dev),
-                                torch.arange(w, dtype=torch.float32, device=dev), indexing="ij")
-        points.append((torch.stack((xs, ys), -1).view(-1, 2) + 0.5) * s)
+        points.append((cell_grid(h, w, dev) + 0.5) * s)
         steps.append(torch.full((h * w, 1), float(s), device=dev))
     return torch.cat(points), torch.cat(steps)
+
+
+def box_mask(boxes: Tensor, h: int, w: int, centre: float = 0.5) -> Tensor:
+    """boxes: (N,4) xyxy in the pixels of an h x w map -> (N,h,w) bool, True at the pixels whose
+    centre lies in [x1, x2) x [y1, y2), pixel i's centre being at i + centre.
+
+    0.5 (pixel i covers [i, i+1)) is right for maps resampled with align_corners=False, as the mask
+    decode's are. The mask loss passes 0.0, the crop by pixel index of the YOLOv5 and Ultralytics
+    losses: their mask-loss figures (the loss parity tests) need it (0.5 moves lseg by 4.5e-4 relative)."""
+    ys = torch.arange(h, device=boxes.device, dtype=boxes.dtype)[None, :, None] + centre
+    xs = torch.arange(w, device=boxes.device, dtype=boxes.dtype)[None, None, :] + centre
+    x1, y1, x2, y2 = (boxes[:, i, None, None] for i in range(4))
+    return (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:

@@ -51,7 +51,7 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     return atomic_write_bytes(path, lambda f: torch.save(ckpt, f))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     """Load a checkpoint with weights_only=True; every failure is one clear CheckpointError."""
     import torch
 
@@ -60,6 +60,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint is empty (0 bytes)")
+    if not _looks_like_torch_save(path):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither the zip archive nor the pickle that "
+                              f"torch.save writes); --weights takes a .pt file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -68,7 +71,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: refused to load: the file contains objects other than tensors and plain "
             f"containers (it could run code when unpickled): {first}. Official pickled "
             f"checkpoints are converted with `python -m models.convert`.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError) as e:  # a damaged pickle fails inside the unpickler in any of these ways
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {msg}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -78,6 +82,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: written by a newer gradpath (checkpoint format {version}; this one reads "
                               f"formats up to {FORMAT_VERSION}): update gradpath to load it")
     return ckpt
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive (since torch 1.6; a truncated one still starts with a zip
+    entry's signature) or, in the legacy format, a pickle (first byte 0x80, its protocol marker)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    return head.startswith((b"PK\x03\x04", b"\x80")) or zipfile.is_zipfile(path)
 
 
 def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:

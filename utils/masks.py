@@ -8,16 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from utils.geometry import RatioPad
+from utils.geometry import RatioPad, box_mask, input_to_orig
 
 
 def crop_to_boxes(masks: Tensor, boxes: Tensor) -> Tensor:
     """Zero everything outside each (N,4) xyxy box (in the masks' pixel space); masks (N,H,W)."""
-    n, h, w = masks.shape
-    x1, y1, x2, y2 = boxes[:, :, None, None].unbind(1)
-    cols = torch.arange(w, device=masks.device, dtype=boxes.dtype)[None, None, :] + 0.5  # pixel centres
-    rows = torch.arange(h, device=masks.device, dtype=boxes.dtype)[None, :, None] + 0.5
-    return masks * ((cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2))
+    return masks * box_mask(boxes, *masks.shape[1:])
 
 
 def decode_masks(coef: Tensor, proto: Tensor, boxes_input: Tensor, input_shape: tuple[int, int],
@@ -47,8 +43,8 @@ def decode_masks(coef: Tensor, proto: Tensor, boxes_input: Tensor, input_shape: 
     if retina:
         full = F.interpolate(logits[None, :, top:bottom, left:right], size=(h0, w0), mode="bilinear",
                              align_corners=False)[0]
-        boxes_orig = (boxes_input - boxes_input.new_tensor([px, py, px, py])) / boxes_input.new_tensor([sx, sy, sx, sy])
-        return crop_to_boxes((full > 0).to(torch.uint8), boxes_orig).bool()
+        # clipped to the image: the same crop, since every pixel lies inside it
+        return crop_to_boxes((full > 0).to(torch.uint8), input_to_orig(boxes_input, ratio_pad, orig_shape)).bool()
     cropped = crop_to_boxes(logits.sigmoid(), boxes_input * boxes_input.new_tensor([gx, gy, gx, gy]))
     return F.interpolate(cropped[None, :, top:bottom, left:right], size=(h0, w0), mode="bilinear",
                          align_corners=False)[0] > 0.5

@@ -7,6 +7,8 @@ import os
 import re
 from pathlib import Path
 
+from utils.errors import CheckpointError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOG = logging.getLogger("gradpath")
 
@@ -41,9 +43,16 @@ def resolve_repo_path(path: str | Path) -> Path:
     return REPO_ROOT / p if (REPO_ROOT / p).exists() else p
 
 
-def newest(pattern: str, root: str | Path = ".") -> Path | None:
+def newest(pattern: str, root: str | Path = ".", required_by: str = "") -> Path | None:
+    """The most recently modified file matching root/pattern, or None when nothing matches. With
+    required_by (the flag that needs it, e.g. "--resume"), nothing matching is a CheckpointError
+    naming the flag and the pattern instead."""
     files = sorted(Path(root).glob(pattern), key=lambda p: p.stat().st_mtime)
-    return files[-1] if files else None
+    if files:
+        return files[-1]
+    if required_by:
+        raise CheckpointError(f"{required_by}: no {Path(root) / pattern} found")
+    return None
 
 
 def cache_path(preferred: str | Path) -> Path:

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from utils.geometry import RatioPad
+
 
 @dataclass
 class Sample:
@@ -27,7 +29,7 @@ class Sample:
     image_id: int
     path: str
     orig_shape: tuple[int, int]
-    ratio_pad: tuple[tuple[float, float], tuple[float, float]] = ((1.0, 1.0), (0.0, 0.0))
+    ratio_pad: RatioPad = ((1.0, 1.0), (0.0, 0.0))
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -50,7 +52,7 @@ class Batch:
     image_ids: list[int]
     paths: list[str]
     orig_shapes: list[tuple[int, int]]
-    ratio_pads: list[tuple[tuple[float, float], tuple[float, float]]]
+    ratio_pads: list[RatioPad]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731

@@ -241,7 +241,7 @@ def loader_rows(report: Report, ctx: Context, rates: dict[tuple[str, int], StepR
     s, bs, best = ctx.settings, ctx.settings.batch_sizes[0], {}
     for w in s.workers:
         def run(w=w):
-            loader, _ = build_dataloader(ctx.data, "train", s.img_size, bs, Hyp.load().augment(), shuffle=True,
+            loader, _ = build_dataloader(ctx.data, "train", s.img_size, bs, Hyp.load().aug, shuffle=True,
                                          workers=w, pin_memory=ctx.cuda)
             rate, _, _ = loader_rate(loader, s.loader_batches)
             best[w] = rate

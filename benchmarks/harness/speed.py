@@ -38,7 +38,7 @@ def mosaic_batches(data_cfg: DataConfig, img_size: int, batch_size: int, n: int,
                    workers: int = 0, seed: int = 0) -> list[Batch]:
     """n real training batches (mosaic, the training augmentation, segment labels) of batch_size
     each, drawn with repetition so that a batch may hold more images than a small dataset has."""
-    dataset = build_dataset(data_cfg, "train", img_size, batch_size, Hyp.load().augment(), stride=stride)
+    dataset = build_dataset(data_cfg, "train", img_size, batch_size, Hyp.load().aug, stride=stride)
     g = torch.Generator().manual_seed(seed)
     keys = torch.randint(len(dataset), (n, batch_size), generator=g).tolist()
     sampler = [[(k, 0) for k in row] for row in keys]
@@ -69,7 +69,7 @@ def train_step_rate(model: nn.Module, batches: list[Batch], device: torch.device
     if len(batches) <= warmup:
         raise ValueError(f"train_step_rate: {len(batches)} batches leave none to time after {warmup} warm-up steps")
     model = model.to(device, memory_format=fmt).train()
-    criterion = build_criterion(Hyp.load().loss_gains(), model.head.kind, batches[0].images.shape[-1])
+    criterion = build_criterion(Hyp.load().loss, model.head.kind, batches[0].images.shape[-1])
     optimizer = build_optimizer(model, "SGD", 0.01, 0.937, 5e-4)
     scaler = precision.grad_scaler()
     on_device = [b.to(device) for b in batches]

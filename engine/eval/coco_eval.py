@@ -11,7 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+# COCOeval's 12 stats in its order: name, then its printed row (measure, IoU range, area, max detections)
+STATS = (("AP", "Average Precision", "0.50:0.95", "all", 100), ("AP50", "Average Precision", "0.50", "all", 100),
+         ("AP75", "Average Precision", "0.75", "all", 100), ("APs", "Average Precision", "0.50:0.95", "small", 100),
+         ("APm", "Average Precision", "0.50:0.95", "medium", 100),
+         ("APl", "Average Precision", "0.50:0.95", "large", 100), ("AR1", "Average Recall", "0.50:0.95", "all", 1),
+         ("AR10", "Average Recall", "0.50:0.95", "all", 10), ("AR100", "Average Recall", "0.50:0.95", "all", 100),
+         ("ARs", "Average Recall", "0.50:0.95", "small", 100), ("ARm", "Average Recall", "0.50:0.95", "medium", 100),
+         ("ARl", "Average Recall", "0.50:0.95", "large", 100))
+STAT_NAMES = [row[0] for row in STATS]
 
 
 class EvaluationError(RuntimeError):
@@ -134,15 +142,8 @@ def format_tables(scores: dict[str, dict]) -> str:
 
 
 def _standard_table(stats: dict[str, float], iou_type: str) -> str:
-    rows = [("Average Precision", "0.50:0.95", "all", 100, "AP"), ("Average Precision", "0.50", "all", 100, "AP50"),
-            ("Average Precision", "0.75", "all", 100, "AP75"), ("Average Precision", "0.50:0.95", "small", 100, "APs"),
-            ("Average Precision", "0.50:0.95", "medium", 100, "APm"),
-            ("Average Precision", "0.50:0.95", "large", 100, "APl"), ("Average Recall", "0.50:0.95", "all", 1, "AR1"),
-            ("Average Recall", "0.50:0.95", "all", 10, "AR10"), ("Average Recall", "0.50:0.95", "all", 100, "AR100"),
-            ("Average Recall", "0.50:0.95", "small", 100, "ARs"), ("Average Recall", "0.50:0.95", "medium", 100, "ARm"),
-            ("Average Recall", "0.50:0.95", "large", 100, "ARl")]
     return "\n".join(f" {t:<18} {'(AP)' if t.endswith('Precision') else '(AR)'} @[ IoU={iou:<9} | area={area:>6} | "
-                     f"maxDets={md:>3} ] = {stats[k]:.3f}" for t, iou, area, md, k in rows)
+                     f"maxDets={md:>3} ] = {stats[k]:.3f}" for k, t, iou, area, md in STATS)
 
 
 def per_class_table(per_class: dict[int, float], names_by_id: dict[int, str]) -> str:

@@ -12,6 +12,7 @@ from engine.checkpoint import ModelMeta, load_model
 from engine.device import compile_model, configure_cuda, memory_format
 from engine.eval.coco_eval import EvaluationError
 from engine.eval.evaluator import evaluate
+from utils.cli_args import round_to_stride
 from utils.errors import CheckpointError, ConfigError, error_line
 from utils.dist import select_device
 from utils.io import atomic_write_text
@@ -39,7 +40,7 @@ def run_validation(args: Namespace) -> int:
             raise ConfigError(f"{args.weights}: --single-cls needs a one-class model, this one has {model.nc} classes")
         if not single_cls and data_cfg.nc != model.nc:
             raise ConfigError(f"{data}: has {data_cfg.nc} classes but the model was trained with {model.nc}")
-        img_size = args.img_size or meta.img_size
+        img_size = round_to_stride(args.img_size, meta.stride) if args.img_size else meta.img_size
         split = "test" if args.task == "test" else "val"
         loader, dataset = build_dataloader(data_cfg, split, img_size, args.batch_size, rect=True,
                                            workers=args.workers, single_cls=single_cls, stride=meta.stride,

@@ -10,6 +10,7 @@ import torch
 
 from engine.checkpoint import ModelMeta, load_model
 from utils.dist import select_device
+from utils.cli_args import round_to_stride
 from utils.io import atomic_write_bytes
 
 LOG = logging.getLogger("gradpath.export")
@@ -23,9 +24,7 @@ def export_onnx(weights: str | Path, img_size: int | None = None, dynamic: bool 
         raise ValueError("--half export needs a CUDA device (--device 0)")
     model, ckpt = load_model(weights, dev, fuse=True)
     meta = ModelMeta.of(ckpt, model)
-    size, stride = img_size or meta.img_size, meta.stride
-    if size % stride:
-        raise ValueError(f"--img-size {size} must be a multiple of the model stride {stride}")
+    size = round_to_stride(img_size, meta.stride) if img_size else meta.img_size
     x = torch.rand(1, 3, size, size, device=dev)
     if half:
         model, x = model.half(), x.half()

@@ -16,10 +16,12 @@ from torch import nn
 
 from data.config import DataConfig, load_data_config
 from data.loader import build_dataloader
-from engine.checkpoint import load_state_dict_checked, read_weights, transfer_weights
+from engine.checkpoint import load_state_dict_checked, read_weights
+from engine.class_carryover import transfer_with_classes
 from engine.config import DEFAULT_CFG, RunConfig, TrainOptions
 from engine.device import amp_precision, compile_model, configure_cuda, memory_format
 from engine.train.ema import ModelEMA
+from engine.train.freeze import FreezeHook, freeze, frozen_layers, frozen_norms
 from engine.train.hooks import CheckpointHook, EMAHook, EvalHook, GradNormHook, Hook, PlotHook, ResultsHook
 from engine.train.optim import build_optimizer
 from engine.train.results import ResultsLog
@@ -27,6 +29,7 @@ from engine.train.trainer import Trainer, mosaic_epochs
 from models.loss.losses import build_criterion
 from models.model import Model, build_model
 from utils.dist import DistInfo, dist_info_from_env, init_distributed, select_device, unwrap
+from utils.cli_args import round_to_stride
 from utils.errors import CheckpointError, ConfigError
 from utils.io import load_checkpoint, save_yaml
 from utils.paths import new_run_dir, newest, resolve_repo_path
@@ -43,24 +46,38 @@ class Resume:
 
 
 def run_config(opt: TrainOptions) -> tuple[RunConfig, DataConfig, Resume | None]:
-    """The run's config: read back from the checkpoint on --resume (only --device and --workers
-    come from this command line), else resolved from the options and the data YAML's defaults."""
+    """The run's config: read back from the checkpoint on --resume (only --device, --workers and a
+    longer --epochs come from this command line), else resolved from the options and the data
+    YAML's defaults."""
+    opt.check()
     if not opt.resume:
         data_cfg = load_data_config(opt.data)
         return RunConfig.resolve(opt, data_cfg.train_defaults), data_cfg, None
-    path = Path(opt.resume) if opt.resume not in ("True", "last") else newest(f"{opt.project}/*/weights/last.pt")
-    if path is None:
-        raise CheckpointError(f"--resume: no {opt.project}/*/weights/last.pt to resume from")
+    path = Path(opt.resume) if opt.resume not in ("True", "last") else newest(
+        "*/weights/last.pt", opt.project, required_by="--resume")
     ckpt = load_checkpoint(path)
     saved = RunConfig.from_saved(ckpt.get("config") or {}, str(path), int(ckpt.get("version", 1)))
+    done = int(ckpt.get("epoch", -1)) + 1
     options = saved.options.replace(device=opt.device, workers=opt.workers, resume=str(path), exist_ok=True,
-                                    project=str(path.parent.parent.parent), name=path.parent.parent.name)
-    config = RunConfig(options, saved.hyp)
-    if int(ckpt.get("epoch", -1)) + 1 >= options.epochs:
-        raise CheckpointError(f"{path}: training already finished ({int(ckpt['epoch']) + 1}/{options.epochs} epochs); "
-                              f"nothing to resume")
-    LOG.info("resuming %s from epoch %d", path, int(ckpt["epoch"]) + 1)
-    return config, load_data_config(options.data), Resume(path, ckpt)
+                                    project=str(path.parent.parent.parent), name=path.parent.parent.name,
+                                    epochs=_resumed_epochs(path, done, saved.options.epochs, opt.epochs))
+    LOG.info("resuming %s from epoch %d of %d", path, done + 1, options.epochs)
+    return RunConfig(options, saved.hyp), load_data_config(options.data), Resume(path, ckpt)
+
+
+def _resumed_epochs(path: Path, done: int, planned: int, asked: int | None) -> int:
+    """The resumed run's length: the saved one, or --epochs N to extend (or shorten) it, as long as
+    epochs are left to train."""
+    epochs = planned if asked is None else asked
+    if done >= epochs:
+        if asked is None:
+            raise CheckpointError(f"{path}: training already finished ({done}/{planned} epochs); to train on, "
+                                  f"resume with --epochs N, N > {done}")
+        raise ConfigError(f"--epochs {asked}: {path} has trained {done} epochs already; give more to extend it")
+    if epochs != planned:
+        LOG.info("%s: %s from %d to %d epochs: LR schedule and mosaic closing recomputed for %d epochs", path,
+                 "extended" if epochs > planned else "shortened", planned, epochs, epochs)
+    return epochs
 
 
 def seed_everything(seed: int, rank: int) -> None:
@@ -84,11 +101,12 @@ def build_trainer(opt: TrainOptions, train_loader=None) -> Trainer:
     precision = amp_precision(device, opt.amp, opt.amp_dtype)  # --amp bf16 on a V100 fails here
     fmt = memory_format(device, "train", opt.channels_last or None)
     stride = int(max(model.stride))
-    if opt.img_size % stride:
-        raise ConfigError(f"--img-size {opt.img_size}: must be a multiple of the model stride {stride}")
+    opt = _sizes_at_stride(opt, stride)
+    config = RunConfig(opt, hyp)
+    frozen = freeze(model, frozen_layers(opt.freeze, model))
     if train_loader is None:
         train_loader, train_set = build_dataloader(
-            data_cfg, "train", opt.img_size, opt.batch_size // max(dist.world_size, 1), hyp.augment(), rect=opt.rect,
+            data_cfg, "train", opt.img_size, opt.batch_size // max(dist.world_size, 1), hyp.aug, rect=opt.rect,
             cache=opt.cache, workers=opt.workers, shuffle=not opt.rect, rank=dist.rank, world_size=dist.world_size,
             seed=opt.seed, single_cls=opt.single_cls, stride=stride, pin_memory=device.type == "cuda")
         start = int(resume.ckpt["epoch"]) + 1 if resume else 0
@@ -101,12 +119,14 @@ def build_trainer(opt: TrainOptions, train_loader=None) -> Trainer:
     model = model.to(device, memory_format=fmt)
     configure_cuda(device, fixed_shapes=not (opt.multi_scale or opt.rect))
     if init is not None:
-        loaded, total, differ = transfer_weights(model, init.get("ema") or init["model"])
-        LOG.info("transferred %d/%d tensors from %s%s", loaded, total, opt.weights,
-                 f" (layers that differ from --cfg: {differ})" if differ else "")
+        _transfer(model, init, opt, data_cfg)
+    if frozen.layers:
+        LOG.info("%s", frozen.describe(len(model.layers)))
     optimizer = build_optimizer(model, opt.optimizer, hyp.lr0, hyp.momentum, config.effective_weight_decay)
-    criterion = build_criterion(hyp.loss_gains(), model.head.kind, opt.img_size)
+    criterion = build_criterion(hyp.loss, model.head.kind, opt.img_size)
     ema = ModelEMA(model) if dist.is_main else None
+    if ema is not None:
+        ema.skip = frozenset(frozen.params)  # unchanged: copied, not averaged (exact)
     if resume:
         _restore_weights(model, ema, resume)
     compile_model(model, opt.compile)  # in place, after the EMA's copy
@@ -115,6 +135,8 @@ def build_trainer(opt: TrainOptions, train_loader=None) -> Trainer:
     describe = _describe(model, config, data_cfg, names)
     hooks = _hooks(config, val, ema, save_dir, train_set, names, describe, device, precision,
                    resume) if dist.is_main else []
+    if frozen.layers:  # every rank: each keeps its own frozen BatchNorm layers in eval mode
+        hooks.insert(0, FreezeHook(frozen_norms(unwrap(wrapped), frozen.layers)))
     trainer = Trainer(wrapped, criterion, optimizer, train_loader, config, device=device, dist=dist,
                       precision=precision, memory_format=fmt, hooks=hooks, stride=stride)
     if resume:
@@ -122,6 +144,25 @@ def build_trainer(opt: TrainOptions, train_loader=None) -> Trainer:
     if dist.is_main:
         save_yaml(describe, save_dir / "config.yaml")
     return trainer
+
+
+def _sizes_at_stride(opt: TrainOptions, stride: int) -> TrainOptions:
+    """--img-size (and a validation size) rounded up to the stride, as val.py, detect.py and
+    export.py round theirs."""
+    val = opt.val_img_size
+    return opt.replace(img_size=round_to_stride(opt.img_size, stride),
+                       val_img_size=None if val is None else round_to_stride(val, stride, "--img-size (validation)"))
+
+
+def _transfer(model: Model, init: dict, opt: TrainOptions, data_cfg: DataConfig) -> None:
+    """--weights into the model: matching tensors whole, the head's rows by class name."""
+    names = ["item"] if opt.single_cls else list(data_cfg.names)
+    old_names = (init.get("config") or {}).get("names")
+    t = transfer_with_classes(model, init.get("ema") or init["model"], old_names, names, opt.class_carryover)
+    LOG.info("transferred %d/%d tensors from %s%s", t.loaded, t.total, opt.weights,
+             f" (layers that differ from --cfg: {t.differ})" if t.differ else "")
+    if t.describe():
+        LOG.info("%s", t.describe())
 
 
 def _model_cfg(opt: TrainOptions, init: dict | None, resume: Resume | None) -> str | dict:
@@ -176,7 +217,7 @@ def _hooks(config: RunConfig, val, ema: ModelEMA, save_dir: Path, train_set, nam
     hooks: list[Hook] = [EMAHook(ema)]
     if not opt.noval:
         hooks.append(EvalHook(_evaluator(val, save_dir, device, precision), ema, save_dir / "weights" / "best.pt",
-                              opt.patience))
+                              opt.patience, final_only=opt.notest))
     hooks += [ResultsHook(log), CheckpointHook(save_dir / "weights", ema, describe, opt.nosave, opt.save_period)]
     if not opt.noplots:
         hooks.append(PlotHook(save_dir, train_set, names, log))
@@ -187,7 +228,7 @@ def _hooks(config: RunConfig, val, ema: ModelEMA, save_dir: Path, train_set, nam
 
 def _val_loader(data_cfg: DataConfig, opt: TrainOptions, dist: DistInfo, device: torch.device, stride: int):
     """(loader, dataset) of the val split, rectangular batches twice the training batch per rank."""
-    return build_dataloader(data_cfg, "val", opt.img_size, opt.batch_size // max(dist.world_size, 1) * 2, None,
+    return build_dataloader(data_cfg, "val", opt.val_img_size or opt.img_size, opt.batch_size // max(dist.world_size, 1) * 2, None,
                             rect=True, cache=opt.cache, workers=opt.workers, single_cls=opt.single_cls, stride=stride,
                             pin_memory=device.type == "cuda")
 

@@ -14,6 +14,7 @@ class ModelEMA:
     def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0):
         self.ema = copy.deepcopy(model).eval()
         self.decay, self.tau, self.updates = decay, tau, updates
+        self.skip: frozenset[str] = frozenset()  # state_dict keys that never change (--freeze): not averaged
         for p in self.ema.parameters():
             p.requires_grad_(False)
 
@@ -26,6 +27,8 @@ class ModelEMA:
         d = self.current_decay()
         msd = model.state_dict()
         for k, v in self.ema.state_dict().items():
+            if k in self.skip:
+                continue  # d * x + (1 - d) * x need not round back to x
             if v.dtype.is_floating_point:
                 v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
             else:

@@ -1,10 +1,11 @@
 """Training hooks: what runs around the loop's steps without being the loop. Each gets the trainer
 at the events it overrides; they run in the order given, so a later hook of the same event sees
 what an earlier one wrote into `trainer.epoch_results` (evaluation before logging before saving).
-The builder installs the writing hooks on rank 0 only. ("Trainer" in the signatures is
+The builder installs the writing hooks on rank 0 only. (`trainer` is an
 engine.train.trainer.Trainer, not imported: the trainer imports this module.)"""
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections import defaultdict
@@ -30,21 +31,21 @@ LOG = logging.getLogger("gradpath.train")
 class Hook:
     """Every event, doing nothing."""
 
-    def before_train(self, trainer: "Trainer") -> None: ...
+    def before_train(self, trainer) -> None: ...
 
-    def before_epoch(self, trainer: "Trainer") -> None:
+    def before_epoch(self, trainer) -> None:
         """The model is in train mode (a hook may put parts of it back in eval mode)."""
 
-    def before_step(self, trainer: "Trainer", batch: Batch, i: int) -> None: ...
+    def before_step(self, trainer, batch: Batch, i: int) -> None: ...
 
-    def before_optimizer_step(self, trainer: "Trainer") -> None:
+    def before_optimizer_step(self, trainer) -> None:
         """Gradients unscaled and clipped, not applied yet."""
 
-    def after_optimizer_step(self, trainer: "Trainer") -> None: ...
+    def after_optimizer_step(self, trainer) -> None: ...
 
-    def after_epoch(self, trainer: "Trainer") -> None: ...
+    def after_epoch(self, trainer) -> None: ...
 
-    def after_train(self, trainer: "Trainer") -> None: ...
+    def after_train(self, trainer) -> None: ...
 
 
 class EMAHook(Hook):
@@ -53,23 +54,27 @@ class EMAHook(Hook):
     def __init__(self, ema: ModelEMA):
         self.ema = ema
 
-    def after_optimizer_step(self, trainer: "Trainer") -> None:
+    def after_optimizer_step(self, trainer) -> None:
         self.ema.update(unwrap(trainer.model))
 
 
 class EvalHook(Hook):
-    """Validates the EMA model after every epoch (plots on the last), keeps the best fitness,
-    stops the run after `patience` epochs without improvement, and at the end scores best.pt at
-    full mask resolution and prints the COCO tables."""
+    """Validates the EMA model after every epoch (plots on the last; with `final_only`, YOLOv7's
+    --notest, after the last only), keeps the best fitness, stops the run after `patience` epochs
+    without improvement, and at the end scores best.pt at full mask resolution and prints the
+    COCO tables."""
 
-    def __init__(self, evaluate, ema: ModelEMA, best: Path, patience: int = 0):
+    def __init__(self, evaluate, ema: ModelEMA, best: Path, patience: int = 0, final_only: bool = False):
         """evaluate(model, plots=..., final=...) -> EvalResult."""
         self.evaluate, self.ema, self.best, self.patience = evaluate, ema, best, patience
-        self.stale = 0
+        self.final_only, self.stale = final_only, 0
 
-    def after_epoch(self, trainer: "Trainer") -> None:
+    def after_epoch(self, trainer) -> None:
         epoch = trainer.epoch
-        result = self.evaluate(self.ema.ema, plots=epoch + 1 == trainer.config.options.epochs)
+        last = epoch + 1 == trainer.config.options.epochs
+        if self.final_only and not last:
+            return
+        result = self.evaluate(self.ema.ema, plots=last)
         fitness = float(result.fitness)
         improved = fitness > trainer.best_fitness
         if improved:
@@ -80,7 +85,7 @@ class EvalHook(Hook):
             LOG.info("no improvement for %d epochs: stopping early", self.patience)
             trainer.stop_requested = True
 
-    def after_train(self, trainer: "Trainer") -> None:
+    def after_train(self, trainer) -> None:
         model = model_from_checkpoint(load_checkpoint(self.best), self.best).to(trainer.device).eval()
         result = self.evaluate(model, plots=True, final=True)
         print(result.table())
@@ -93,7 +98,7 @@ class ResultsHook(Hook):
     def __init__(self, log: ResultsLog):
         self.log = log
 
-    def after_epoch(self, trainer: "Trainer") -> None:
+    def after_epoch(self, trainer) -> None:
         r = trainer.epoch_results
         lrs = {f"lr/pg{j}": g["lr"] for j, g in enumerate(trainer.optimizer.param_groups)}
         images = getattr(trainer.loader, "images_per_epoch", len(trainer.loader))
@@ -101,36 +106,44 @@ class ResultsHook(Hook):
                                        **lrs, "sys/rss_gib": process_tree_rss() / 2**30,
                                        "sys/train_img_s": images / max(trainer.epoch_seconds, 1e-9)})
 
-    def after_train(self, trainer: "Trainer") -> None:
+    def after_train(self, trainer) -> None:
         self.log.close(plot=True)
         trainer.results["save_dir"] = str(self.log.save_dir)
 
 
 class CheckpointHook(Hook):
     """last.pt every epoch, best.pt when the epoch improved (every epoch without validation),
-    epochN.pt every `save_period`; with `nosave` only the run's last epoch (however it ends).
-    `describe` is the static part of every checkpoint's config (model cfg, names, the RunConfig)."""
+    epochN.pt every `save_period`. With `nosave` only at the run's last epoch (however it ends):
+    last.pt, and best.pt from the best epoch, kept in memory until then (an early stop by
+    --patience ends on an epoch that is not the best). `describe` is the static part of every
+    checkpoint's config (model cfg, names, the RunConfig)."""
 
     def __init__(self, weights_dir: Path, ema: ModelEMA, describe: dict[str, Any], nosave: bool = False,
                  save_period: int = -1):
         self.dir, self.ema, self.describe = Path(weights_dir), ema, describe
         self.nosave, self.save_period = nosave, save_period
+        self.best: dict[str, Any] | None = None  # with nosave: the best epoch's checkpoint so far
 
-    def after_epoch(self, trainer: "Trainer") -> None:
+    def after_epoch(self, trainer) -> None:
         epoch = trainer.epoch
         last = epoch + 1 == trainer.config.options.epochs or trainer.stop_requested
-        if self.nosave and not last:
-            return
         improved = trainer.epoch_results.get("improved", True)
+        if self.nosave and not last:
+            if improved:
+                self.best = self.checkpoint(trainer)
+                self.best["optimizer"] = copy.deepcopy(self.best["optimizer"])  # the live state moves on
+            return
         ckpt = self.checkpoint(trainer)
         save_checkpoint(ckpt, self.dir / "last.pt")
-        if improved or not (self.dir / "best.pt").exists():
-            save_checkpoint(ckpt, self.dir / "best.pt")
+        if improved or self.best is not None or not (self.dir / "best.pt").exists():
+            save_checkpoint(ckpt if improved or self.best is None else self.best, self.dir / "best.pt")
+            self.best = None
         if self.save_period > 0 and (epoch + 1) % self.save_period == 0:
             save_checkpoint(ckpt, self.dir / f"epoch{epoch + 1}.pt")
 
-    def checkpoint(self, trainer: "Trainer") -> dict[str, Any]:
-        cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
+    def checkpoint(self, trainer) -> dict[str, Any]:
+        """A copy (not a view of the live weights: a CPU model's .cpu() is itself)."""
+        cpu = lambda m: {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}  # noqa: E731
         return {"model": cpu(unwrap(trainer.model)), "ema": cpu(self.ema.ema), "ema_updates": self.ema.updates,
                 **trainer.state_dict(), "config": self.describe, "version": FORMAT_VERSION,
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -143,15 +156,15 @@ class PlotHook(Hook):
     def __init__(self, save_dir: Path, dataset, names: list[str], log: ResultsLog):
         self.save_dir, self.dataset, self.names, self.log = Path(save_dir), dataset, names, log
 
-    def before_train(self, trainer: "Trainer") -> None:
-        from data.plots import plot_labels
+    def before_train(self, trainer) -> None:
+        from data.label_plots import plot_labels
 
         plot_labels(self.dataset, self.save_dir / "labels.png")
 
-    def before_step(self, trainer: "Trainer", batch: Batch, i: int) -> None:
+    def before_step(self, trainer, batch: Batch, i: int) -> None:
         if trainer.epoch != trainer.start_epoch or i >= 3:
             return
-        from data.plots import plot_batch
+        from data.label_plots import plot_batch
 
         grid = plot_batch(batch, self.names, self.save_dir / f"train_batch{i}.jpg")
         self.log.image(f"train_batch{i}", grid[:, :, ::-1].copy(), 0)
@@ -163,7 +176,7 @@ class GradNormHook(Hook):
     def __init__(self, every: int, log: ResultsLog):
         self.every, self.log = every, log
 
-    def before_optimizer_step(self, trainer: "Trainer") -> None:
+    def before_optimizer_step(self, trainer) -> None:
         if trainer.global_step % self.every == 0:
             for name, value in stage_grad_norms(unwrap(trainer.model)).items():
                 self.log.scalar(f"grads/{name}", value, trainer.global_step)

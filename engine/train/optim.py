@@ -33,10 +33,12 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, wei
     name = name.lower()
     if name == "sgd":
         opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+    elif name == "adam":  # YOLOv7's --adam: the decay group's weight decay is Adam's L2 term
+        opt = torch.optim.Adam(biases, lr=lr, betas=(momentum, 0.999))
     elif name == "adamw":
         opt = torch.optim.AdamW(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     else:
-        raise ValueError(f"--optimizer {name}: expected SGD or AdamW")
+        raise ValueError(f"--optimizer {name}: expected SGD, Adam or AdamW")
     opt.add_param_group({"params": decay, "weight_decay": weight_decay})
     opt.add_param_group({"params": norm, "weight_decay": 0.0})
     return opt

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 from utils.io import atomic_write_text
+from utils.plots import pyplot, save_figure
 
 
 class ResultsLog:
@@ -58,11 +59,7 @@ class ResultsLog:
 
 
 def plot_results(rows: list[dict[str, float]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys = [k for k in rows[0] if k != "epoch" and not k.startswith(("lr/", "sys/"))]
     if not keys:
         return
@@ -75,6 +72,4 @@ def plot_results(rows: list[dict[str, float]], out: Path) -> None:
         ax.set_title(key, fontsize=9)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)

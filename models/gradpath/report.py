@@ -1,4 +1,4 @@
-"""Tables, plots and the CLI of the gradient path analysis (models/gradpath.py).
+"""Tables, plots and the CLI of the gradient path analysis (models/gradpath/analysis.py).
 
 python -m models.gradpath cfg/models/X.yaml [--img-size 64] [--plot out.png] [--compare Y.yaml ...]
 """
@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from models.gradpath.analysis import GradPathReport, LayerPaths, analyze
+from utils.plots import pyplot, save_figure
 
 
 def fmt_count(n: int) -> str:
@@ -71,11 +72,7 @@ def compare_table(reports: dict[str, GradPathReport]) -> str:
 
 def plot_reports(reports: dict[str, GradPathReport], path: str | Path) -> Path:
     """Shortest and longest gradient path of every weighted layer (forward order), one panel per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(reports)
     cols = min(3, n)
     rows = math.ceil(n / cols)
@@ -93,12 +90,7 @@ def plot_reports(reports: dict[str, GradPathReport], path: str | Path) -> Path:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def analyze_cfg(cfg: str | Path, img_size: int = 64) -> GradPathReport:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.loss.assigners import TaskAlignedAssigner, match_anchors
-from utils.geometry import anchor_points, bbox_iou, bbox_to_dist, dist_to_bbox, xywh_to_xyxy, xyxy_to_xywh
+from utils.geometry import anchor_points, bbox_iou, bbox_to_dist, box_mask, dist_to_bbox, xywh_to_xyxy, xyxy_to_xywh
 from utils.structures import Batch, HeadOutput
 
 _DEFAULT_BALANCE = (4.0, 1.0, 0.25, 0.06, 0.02)  # P3..P7, used when the hyp's list has another length
@@ -253,15 +253,6 @@ def _seg_losses(outputs: HeadOutput, batch: Batch, coef: Tensor, img: Tensor, tg
     return mask_losses(coef.float(), proto, img, tgt, masks, boxes)
 
 
-def box_crop(boxes: Tensor, h: int, w: int) -> Tensor:
-    """boxes: (N,4) xyxy pixels -> (N,h,w) bool, True at pixels whose index lies in [x1, x2) x [y1, y2)
-    (the convention of the YOLOv5 and Ultralytics mask losses, which the loss parity tests hold)."""
-    ys = torch.arange(h, device=boxes.device, dtype=boxes.dtype)[None, :, None]
-    xs = torch.arange(w, device=boxes.device, dtype=boxes.dtype)[None, None, :]
-    x1, y1, x2, y2 = (boxes[:, i, None, None] for i in range(4))
-    return (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)
-
-
 def mask_losses(coef: Tensor, proto: Tensor, img: Tensor, tgt: Tensor, masks: Tensor, boxes: Tensor) -> Tensor:
     """(N,) per positive: the BCE summed inside its gt box / the box's area (all at proto resolution).
 
@@ -278,7 +269,7 @@ def mask_losses(coef: Tensor, proto: Tensor, img: Tensor, tgt: Tensor, masks: Te
         loss = F.binary_cross_entropy_with_logits(logits, masks[t].float(), reduction="none")
         box = boxes[t]
         area = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).clamp(min=1e-9)
-        out[sel] = (loss * box_crop(box, h, w)).sum((1, 2)) / area
+        out[sel] = (loss * box_mask(box, h, w, centre=0.0)).sum((1, 2)) / area
     return out
 
 

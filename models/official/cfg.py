@@ -9,7 +9,6 @@ Translation reads the cfg as data: no row or argument is evaluated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from models.parser import CfgError, scale_width
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BUNDLED, ROOT, ema_of, write_subset
+from conftest import BUNDLED, OVERFIT_HYP, ROOT, ema_of, write_subset
 from data.config import load_data_config
 from data.loader import build_dataloader
 from engine.device import amp_precision
@@ -33,10 +33,6 @@ from utils.dist import select_device
 
 pytestmark = pytest.mark.cuda
 GPU = torch.device("cuda", 0)
-# the overfit run of tests/test_train.py, shortened: AMP on a GPU fits 6 images in 200 epochs
-OVERFIT_HYP = {"nominal_batch": 6, "warmup_epochs": 1.0, "lr0": 0.002, "lrf": 0.01, "weight_decay": 0.0, "hsv_h": 0.0,
-               "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "fliplr": 0.0, "mosaic": 0.0,
-               "mixup": 0.0, "copy_paste": 0.0, "close_mosaic": 0}
 AP_LINE = re.compile(r"Average Precision\s+\(AP\) @\[ IoU=0.50:0.95 \| area=\s+all \| maxDets=100 \] = ([-\d.]+)")
 
 
@@ -57,7 +53,8 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def overfit(work) -> tuple[Path, Path]:
     """(best.pt, data YAML): gp-n-seg trained with AMP on 6 coco-mini images until it finds them
-    (val on the same images), so AP comparisons are between real, non-zero figures."""
+    (val on the same images), so AP comparisons are between real, non-zero figures: the overfit run
+    of tests/e2e/test_train.py, shortened (AMP on a GPU fits them in 200 epochs)."""
     data = write_subset(work, 6, large=True)
     best = work / "overfit/weights/best.pt"
     if not best.is_file():
@@ -92,7 +89,7 @@ def _loss_and_grad(model, batch, device, precision):
     b = batch.to(device)
     with precision.autocast(device):
         outputs = model(b.images.float() / 255)
-    loss, terms = build_criterion(Hyp.load().loss_gains(), model.head.kind, b.images.shape[-1])(outputs, b)
+    loss, terms = build_criterion(Hyp.load().loss, model.head.kind, b.images.shape[-1])(outputs, b)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grad = torch.cat([p.grad.float().flatten().cpu() for p in model.parameters()])
@@ -176,7 +173,7 @@ def test_torchrun_one_process_nccl_sync_bn_two_steps(work, small_cfg):
 
 def test_pinned_batches_reach_the_gpu_without_blocking():
     loader, _ = build_dataloader(load_data_config(ROOT / "cfg/data/coco-mini.yaml"), "train", 256, 4,
-                                 Hyp.load().augment(), workers=2, pin_memory=True)
+                                 Hyp.load().aug, workers=2, pin_memory=True)
     batch = next(iter(loader))
     assert batch.images.is_pinned() and batch.masks.is_pinned() and batch.boxes.is_pinned()
     moved = batch.to(GPU, non_blocking=True)

@@ -32,40 +32,58 @@ def is_switch(action: argparse.Action) -> bool:
 
 
 def takes_value(action: argparse.Action, type_=None) -> bool:
-    """--flag VALUE, converted by type_ (None: kept a string)."""
-    return isinstance(action, argparse._StoreAction) and action.nargs is None and action.type is type_
+    """--flag VALUE, converted to type_ (None: kept a string); a checking type converts in-range values."""
+    if not (isinstance(action, argparse._StoreAction) and action.nargs is None):
+        return False
+    sample = {int: "3", float: "0.5", None: "0"}[type_]
+    value = action.type(sample) if action.type else sample
+    return type(value) is (type_ or str)
+
+
+def one_or_two_sizes(action: argparse.Action) -> bool:
+    """--img-size 640 or --img-size 640 640 (YOLOv7's train and test sizes; YOLOv5's h w)."""
+    return action.nargs == "+" and action.type("640") == 640 and action.dest == "img_size"
 
 
 # flags -> what each is: a value of a type, a switch, or an exact check of the action
 SPEC = {
     "train.py": {
         **dict.fromkeys("--weights --cfg --data --hyp --device --project --name".split(), str),
-        **dict.fromkeys("--epochs --batch-size --img-size --workers --save-period --seed".split(), int),
-        **dict.fromkeys("--exist-ok --rect --multi-scale --single-cls --sync-bn".split(), "switch"),
+        **dict.fromkeys("--epochs --batch-size --batch --workers --save-period --save_period --seed --patience "
+                        "--local_rank --local-rank".split(), int),
+        "--label-smoothing": float,
+        "--img-size": one_or_two_sizes,
+        **dict.fromkeys("--exist-ok --rect --multi-scale --single-cls --sync-bn --notest --noplots".split(), "switch"),
+        "--adam": lambda a: a.nargs == 0 and a.dest == "optimizer" and a.const == "Adam",
+        "--cos-lr": lambda a: a.nargs == 0 and a.dest == "lr_schedule" and a.const == "cosine",
+        "--cache-images": lambda a: a.nargs == 0 and a.dest == "cache" and a.const == "ram",
+        "--freeze": lambda a: a.nargs == "+" and a.default == (),
         "--resume": lambda a: a.nargs == "?" and a.default == "",  # alone: the newest run; or a last.pt
         "--cache": lambda a: a.nargs == "?" and a.const == "ram" and set(a.choices) == {"ram", "disk"},
-        "--optimizer": lambda a: set(a.choices) == {"SGD", "AdamW"} and a.default == "SGD",
+        "--optimizer": lambda a: set(a.choices) == {"SGD", "Adam", "AdamW"} and a.default == "SGD",
         "--linear-lr": lambda a: a.nargs == 0 and a.dest == "lr_schedule" and a.const == "linear",
         "--lr-schedule": lambda a: "linear" in a.choices and "cosine" in a.choices,
     },
     "val.py": {
         **dict.fromkeys("--weights --data --ann-json --pred-json".split(), str),
-        **dict.fromkeys("--batch-size --img-size".split(), int),
+        **dict.fromkeys("--batch-size --batch --max-det".split(), int),
+        "--img-size": one_or_two_sizes,
         **dict.fromkeys("--conf-thres --iou-thres".split(), float),
         **dict.fromkeys("--save-json --save-txt --verbose".split(), "switch"),
         "--task": lambda a: set(a.choices) == {"val", "test", "speed"} and a.default == "val",
     },
     "detect.py": {
         **dict.fromkeys("--weights --source --project --name".split(), str),
-        **dict.fromkeys("--img-size --max-det".split(), int),
+        **dict.fromkeys("--max-det --batch-size".split(), int),
+        "--img-size": one_or_two_sizes,
         **dict.fromkeys("--conf-thres --iou-thres".split(), float),
         **dict.fromkeys("--save-txt --save-json --view-img --nosave".split(), "switch"),
-        "--classes": lambda a: a.nargs == "+" and a.type is int and a.default is None,
+        "--classes": lambda a: a.nargs == "+" and a.type("2") == 2 and a.default is None,
     },
     "export.py": {
         "--weights": lambda a: a.required and a.type is None,
         "--format": lambda a: "onnx" in a.choices and a.default == "onnx",
-        "--img-size": int,
+        "--img-size": one_or_two_sizes,
         "--dynamic": "switch",
     },
 }
@@ -117,6 +135,40 @@ def test_a_train_command_line_parses_to_its_values():
         "runs/train/exp/weights/last.pt"
 
 
+def test_official_train_command_lines_parse_to_their_values():
+    """YOLOv7's README command (train and test sizes, --adam spelled its way) and YOLOv5's habits."""
+    ns = parser("train.py").parse_args(["--workers", "8", "--device", "0", "--batch-size", "32", "--img", "640", "640",
+                                        "--adam", "--cache-images", "--save_period", "5", "--local_rank", "0",
+                                        "--freeze", "50", "--notest"])
+    assert (ns.img_size, ns.val_img_size, ns.optimizer, ns.cache, ns.save_period, ns.freeze, ns.notest) == \
+        (640, 640, "Adam", "ram", 5, (50,), True)
+    ns = parser("train.py").parse_args(["--img", "320", "--batch", "8", "--cos-lr", "--label-smoothing", "0.1",
+                                        "--freeze", "0", "1", "2", "--save-period", "3"])
+    assert (ns.img_size, ns.val_img_size, ns.batch_size, ns.lr_schedule, ns.label_smoothing, ns.freeze,
+            ns.save_period) == (320, None, 8, "cosine", 0.1, (0, 1, 2), 3)
+    assert parser("train.py").parse_args(["--freeze", "backbone"]).freeze == "backbone"
+    assert parser("val.py").parse_args(["--img", "640", "640", "--batch", "4"]).img_size == 640
+
+
+def test_ignored_official_flags_warn_once_and_refused_ones_stop(capsys):
+    ns = parser("train.py").parse_args(["--quad", "--bucket", "b", "--image-weights", "--v5-metric",
+                                        "--entity", "me", "--upload_dataset", "--bbox_interval", "10"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split()[2] for line in err] == ["--image-weights", "--quad", "--v5-metric", "--bucket", "--entity",
+                                                 "--upload_dataset", "--bbox_interval"]
+    assert all(line.startswith("train.py: warning: ") and "has no effect here: " in line for line in err)
+    assert not any(k.startswith(("ignored_", "refused_")) for k in vars(ns))
+    with pytest.raises(SystemExit) as e:
+        parser("train.py").parse_args(["--evolve", "300"])
+    assert e.value.code == 2 and capsys.readouterr().err == \
+        "train.py: error: --evolve 300: hyperparameter evolution is not available here: run a sweep of --hyp files instead\n"
+    assert parser("detect.py").parse_args(["--vid-stride", "1"]).nosave is False  # the value that changes nothing
+    with pytest.raises(SystemExit):
+        parser("detect.py").parse_args(["--vid-stride", "2"])
+    assert capsys.readouterr().err.strip() == \
+        "detect.py: error: --vid-stride 2: every frame is processed here (only 1 is accepted)"
+
+
 def test_a_detect_command_line_parses_to_its_values():
     ns = parser("detect.py").parse_args(["--source", "clip.mp4", "--classes", "0", "2", "--conf-thres", "0.5",
                                          "--save-txt", "--nosave"])
@@ -126,7 +178,8 @@ def test_a_detect_command_line_parses_to_its_values():
 
 @pytest.mark.parametrize("script, argv, message", [
     ("val.py", ["--task", "train"], "argument --task: invalid choice: 'train' (choose from 'val', 'test', 'speed')"),
-    ("train.py", ["--optimizer", "Adam"], "argument --optimizer: invalid choice: 'Adam' (choose from 'SGD', 'AdamW')"),
+    ("train.py", ["--optimizer", "Lion"],
+     "argument --optimizer: invalid choice: 'Lion' (choose from 'SGD', 'Adam', 'AdamW')"),
     ("detect.py", ["--max-det", "many"], "argument --max-det: invalid int value: 'many'"),
     ("export.py", [], "the following arguments are required: --weights"),
     ("val.py", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),

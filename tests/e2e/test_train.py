@@ -11,65 +11,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import OVERFIT_HYP, ROOT, write_subset
 from utils.io import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
-def _overfit_data(tmp_path: Path, n: int = 6) -> Path:
-    """A dataset YAML whose train and val are the same few real images (an overfitting check)."""
-    import json
-
-    src = json.loads((ROOT / "datasets/coco-mini/annotations/instances_train.json").read_text())
-    imgs = src["images"][:n]
-    ids = {im["id"] for im in imgs}
-    anns = [a for a in src["annotations"] if a["image_id"] in ids]
-    sub = {**src, "images": imgs, "annotations": anns}
-    (tmp_path / "ann.json").write_text(json.dumps(sub))
-    cfg = {"format": "coco", "path": str(ROOT / "datasets/coco-mini"),
-           "train": {"images": "images", "annotations": str(tmp_path / "ann.json")},
-           "val": {"images": "images", "annotations": str(tmp_path / "ann.json")}}
-    (tmp_path / "data.yaml").write_text(yaml.safe_dump(cfg))
-    return tmp_path / "data.yaml"
-
-
-# every batch steps, no augmentation, and an LR that decays 100x so BatchNorm's running
-# statistics catch up with the weights before the end (eval mode uses them)
-OVERFIT_HYP = {"nominal_batch": 6, "warmup_epochs": 1.0, "warmup_min_iters": 0, "lr0": 0.002, "lrf": 0.01,
-               "weight_decay": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0,
-               "fliplr": 0.0, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0, "close_mosaic": 0}
-
-
-def _large_object_images(n: int) -> set[int]:
-    """The n training images with the smallest share of small objects (easy to fit at low resolution)."""
-    import json
-
-    src = json.loads((ROOT / "datasets/coco-mini/annotations/instances_train.json").read_text())
-    anns: dict[int, list] = {}
-    for a in src["annotations"]:
-        if not a["iscrowd"]:
-            anns.setdefault(a["image_id"], []).append(a["area"])
-    share = sorted((sum(x < 64 * 64 for x in v) / len(v), k) for k, v in anns.items())
-    return {k for _, k in share[:n]}
-
-
 def test_small_model_overfits_a_few_real_images(tmp_path):
     """Loss falls by more than half and box mAP50 on the training images exceeds 0.5."""
     import csv
-    import json
 
-    keep = _large_object_images(6)
-    src = json.loads((ROOT / "datasets/coco-mini/annotations/instances_train.json").read_text())
-    sub = {**src, "images": [i for i in src["images"] if i["id"] in keep],
-           "annotations": [a for a in src["annotations"] if a["image_id"] in keep]}
-    (tmp_path / "ann.json").write_text(json.dumps(sub))
-    data = {"format": "coco", "path": str(ROOT / "datasets/coco-mini"),
-            "train": {"images": "images", "annotations": str(tmp_path / "ann.json")},
-            "val": {"images": "images", "annotations": str(tmp_path / "ann.json")}}
-    (tmp_path / "data.yaml").write_text(yaml.safe_dump(data))
+    data = write_subset(tmp_path, 6, large=True)
     (tmp_path / "hyp.yaml").write_text(yaml.safe_dump(OVERFIT_HYP))
-    r = _train(["--data", str(tmp_path / "data.yaml"), "--hyp", str(tmp_path / "hyp.yaml"), "--epochs", "250",
+    r = _train(["--data", str(data), "--hyp", str(tmp_path / "hyp.yaml"), "--epochs", "250",
                 "--img-size", "256", "--batch-size", "6", "--workers", "0", "--optimizer", "AdamW", "--seed", "0", "--cache",
                 "--noval", "--project", str(tmp_path / "runs")], cwd=tmp_path, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -107,7 +61,7 @@ def test_train_cli_runs_validates_and_saves(tmp_path):
 
 
 def test_resume_after_sigkill_mid_epoch_finishes(tmp_path):
-    data = _overfit_data(tmp_path, 8)
+    data = write_subset(tmp_path, 8)
     args = ["--data", str(data), "--epochs", "12", "--img-size", "160", "--batch-size", "2", "--workers", "0",
             "--project", str(tmp_path / "runs"), "--noval", "--cache", "disk"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path,
@@ -146,7 +100,7 @@ def test_a_run_saved_before_the_layout_change_resumes_with_its_own_hyp(tmp_path)
 
 
 def test_two_process_gloo_ddp_saves_once(tmp_path):
-    data = _overfit_data(tmp_path, 4)
+    data = write_subset(tmp_path, 4)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            str(ROOT / "train.py"), "--data", str(data), "--epochs", "1", "--img-size", "96", "--batch-size", "4",
@@ -180,7 +134,7 @@ def test_paper_cfg_trains_validates_and_exports(tmp_path, cfg):
 
 
 def test_single_cls_trains_and_val_py_scores_class_agnostically(tmp_path):
-    data = _overfit_data(tmp_path, 4)
+    data = write_subset(tmp_path, 4)
     r = _train(["--data", str(data), "--epochs", "1", "--img-size", "96", "--batch-size", "4", "--workers", "0",
                 "--single-cls", "--project", str(tmp_path / "runs")], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

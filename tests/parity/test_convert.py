@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import OFFICIAL, ROOT, require_shared
+from engine.config import Hyp
 from models.official.convert import build_from_official, check
 from models.model import build_model
 from models.official.cfg import translate
@@ -60,7 +61,7 @@ def test_release_file_converts_with_the_release_size():
 
 
 def test_convert_cli_check_passes_and_fails(tmp_path):
-    src = official("yolov7-seg-w025")
+    src = official_file("yolov7-seg-w025")
     cmd = [sys.executable, "-m", "models.convert", str(src), "--out", str(tmp_path / "x.pt"),
            "--check", str(OFFICIAL / "yolov7-seg-w025.npz")]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -221,18 +222,16 @@ def test_real_segmentation_files_pickle_getattr_and_load(tmp_path):
     head_state = off.layers[-1].state
     assert head_state["detect"].qualname == "models.yolo.Detect.forward"
     with pytest.raises(pickle.UnpicklingError):  # the stand-in is not what torch's safe loader accepts
-        torch.load(official("yolov5n-seg"), weights_only=True)
+        torch.load(official_file("yolov5n-seg"), weights_only=True)
 
 
 def test_w6_aux_heads_get_a_quarter_weighted_loss():
     """Training a converted W6: the aux heads' terms are added at 0.25 and their convs receive gradients."""
-    import yaml
-
     from models.loss.losses import build_criterion
     from utils.structures import Batch
 
     model, _ = build_from_official(read_official(official_file("yolov7-w6-w025")))
-    hyp = yaml.safe_load((ROOT / "cfg/hyp/hyp.scratch-high.yaml").read_text())
+    hyp = Hyp.load().loss
     boxes = torch.tensor([[20.0, 30.0, 90.0, 100.0], [60.0, 10.0, 120.0, 50.0]])
     batch = Batch(torch.zeros(2, 3, 128, 128, dtype=torch.uint8), torch.tensor([0, 1]), torch.tensor([0, 5]), boxes,
                   torch.zeros(2, 32, 32, dtype=torch.uint8), [0, 1], ["", ""], [(128, 128)] * 2, [((1.0, 1.0), (0.0, 0.0))] * 2)

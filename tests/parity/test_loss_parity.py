@@ -3,6 +3,7 @@
 train mode, the JSON's gains as given, each term within 1e-4 relative."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 
 from conftest import OFFICIAL, require_shared
 from models.official.convert import build_from_official
-from models.loss.losses import build_criterion
+from engine.config import Hyp
+from models.loss.losses import LossGains, build_criterion
 from models.official.unpickler import read_official
 from utils.structures import Batch
 
@@ -33,15 +35,16 @@ def fixed_batch(npz: Path) -> tuple[torch.Tensor, Batch]:
     return images.float() / 255, batch
 
 
-def official_terms(stem: str) -> tuple[dict, dict]:
+def official_terms(stem: str) -> tuple[dict, LossGains]:
     path = require_shared(OFFICIAL / f"{stem}.json", "official loss figures")
     ref = json.loads(path.read_text())
     # the official gains as given: no rescaling by image size (img_size=640 below), classes or levels
-    hyp = {**ref["hyp"], "obj_balance": [4.0, 1.0, 0.4], "seg": 1.0}
-    return ref, hyp
+    gains = Hyp.load().loss
+    given = {k: v for k, v in ref["hyp"].items() if hasattr(gains, k)}
+    return ref, dataclasses.replace(gains, **given, obj_balance=(4.0, 1.0, 0.4), seg=1.0)
 
 
-def our_terms(weights: str, stem: str, hyp: dict, channels_last: bool = False) -> dict[str, float]:
+def our_terms(weights: str, stem: str, hyp: LossGains, channels_last: bool = False) -> dict[str, float]:
     model, _ = build_from_official(read_official(OFFICIAL / weights))
     x, batch = fixed_batch(OFFICIAL / f"{stem}.npz")
     if channels_last:

@@ -8,23 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import detect
 import val
 from engine.eval.coco_eval import STAT_NAMES, load_gt, score
+from utils.geometry import box_iou
 
 
 @pytest.fixture(scope="module")
 def dev32(shared_data) -> Path:
     return shared_data / "dev" / "coco_dev32"
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None] - inter)
 
 
 def match(theirs: np.ndarray, ours: np.ndarray, min_iou: float = 0.98, max_dscore: float = 0.01):
@@ -33,7 +28,7 @@ def match(theirs: np.ndarray, ours: np.ndarray, min_iou: float = 0.98, max_dscor
     that overlap reaches min_iou. Returns (official matched, ours used) as bool arrays."""
     matched, used = np.zeros(len(theirs), bool), np.zeros(len(ours), bool)
     if len(theirs) and len(ours):
-        iou = box_iou(theirs[:, :4], ours[:, :4])
+        iou = box_iou(torch.from_numpy(theirs[:, :4]), torch.from_numpy(ours[:, :4])).numpy()
         for i in np.argsort(-theirs[:, 4], kind="stable"):
             ok = (ours[:, 5] == theirs[i, 5]) & (np.abs(ours[:, 4] - theirs[i, 4]) <= max_dscore) & ~used
             if ok.any():

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import require_shared
-from utils.errors import ConfigError
+from utils.errors import CheckpointError, ConfigError
 from engine.config import Hyp
 from utils.io import load_yaml
-from utils.paths import increment_path, new_run_dir
+from utils.paths import increment_path, new_run_dir, newest
 
 
 def test_default_hyp_has_the_paper_recipe():
@@ -78,6 +78,21 @@ def test_run_dirs_increment(tmp_path):
     assert increment_path(tmp_path / "other") == tmp_path / "other"
 
 
+def test_newest_run_file(tmp_path):
+    """The last-modified match wins whatever the names' order; none is None, or the error --resume needs."""
+    import os
+
+    for name, mtime in (("exp", 300), ("exp2", 100), ("exp10", 200)):
+        path = tmp_path / name / "weights/last.pt"
+        path.parent.mkdir(parents=True)
+        path.touch()
+        os.utime(path, (mtime, mtime))
+    assert newest("*/weights/last.pt", tmp_path) == tmp_path / "exp/weights/last.pt"
+    assert newest("*/weights/best.pt", tmp_path) is None
+    with pytest.raises(CheckpointError, match=r"--resume: no .*/\*/weights/best.pt found"):
+        newest("*/weights/best.pt", tmp_path, required_by="--resume")
+
+
 def test_hyp_values_are_typed_and_in_range(tmp_path):
     """A value of the wrong type or outside its range is one error naming the file and the key."""
     for text, message in [("mosaic: 1.5\n", r"h.yaml: hyperparameter 'mosaic' must be in \[0.0, 1.0\], got 1.5"),
@@ -90,25 +105,26 @@ def test_hyp_values_are_typed_and_in_range(tmp_path):
         with pytest.raises(ConfigError, match=message):
             Hyp.load(tmp_path / "h.yaml")
     hyp = Hyp.load()
-    assert isinstance(hyp.nominal_batch, int) and hyp.obj_balance == (4.0, 1.0, 0.4)
-    assert hyp.replace(mosaic=0.25).mosaic == 0.25 and hyp.mosaic == 1.0  # frozen: replace makes a copy
+    assert isinstance(hyp.nominal_batch, int) and hyp.loss.obj_balance == (4.0, 1.0, 0.4)
+    assert hyp.replace(mosaic=0.25).aug.mosaic == 0.25 and hyp.aug.mosaic == 1.0  # frozen: replace makes a copy
     with pytest.raises(ConfigError, match="'scale' must be in"):
         hyp.replace(scale=1.0)
 
 
-def test_hyp_fields_are_the_default_file_keys():
-    """The dataclass holds the types, cfg/hyp/hyp.scratch-high.yaml the values: the same keys, and
-    the loss's and the augmentation's shares are views of it."""
-    from dataclasses import fields
-
+def test_hyp_keys_are_the_default_file_keys():
+    """The dataclasses hold the types, cfg/hyp/hyp.scratch-high.yaml the values: the same keys in
+    the same order, the loss's and the augmentation's shares typed by their own modules."""
     from data.augment import AugmentParams
     from engine.config import DEFAULT_HYP
     from models.loss.losses import LossGains
 
-    assert [f.name for f in fields(Hyp)] == list(load_yaml(DEFAULT_HYP))
+    default = load_yaml(DEFAULT_HYP)
+    assert Hyp.keys() == list(default)
     hyp = Hyp.load()
-    assert hyp.loss_gains() == LossGains(**{f.name: getattr(hyp, f.name) for f in fields(LossGains)})
-    assert hyp.augment().mosaic == hyp.mosaic and hyp.augment().hsv_v == hyp.hsv_v
+    assert isinstance(hyp.loss, LossGains) and isinstance(hyp.aug, AugmentParams)
+    assert hyp.as_dict() == {k: list(v) if isinstance(v, tuple) else v for k, v in default.items()}
+    assert (hyp.loss.seg, hyp.aug.mosaic, hyp.aug.hsv_v) == (default["seg"], default["mosaic"], default["hsv_v"])
+    assert Hyp.from_dict(hyp.as_dict()) == hyp
 
 
 def test_run_config_fills_options_from_data_defaults_and_reads_back_unchanged():
@@ -127,3 +143,22 @@ def test_run_config_fills_options_from_data_defaults_and_reads_back_unchanged():
     saved = big.to_dict()
     saved["hyp"]["weight_decay"] = big.effective_weight_decay
     assert RunConfig.from_saved(saved, "old", version=1).hyp.weight_decay == pytest.approx(big.hyp.weight_decay)
+
+
+def test_new_options_go_through_the_saved_config_and_patience_needs_validation():
+    """--freeze (a tuple), --label-smoothing (into the hyp) and the validation size survive
+    config.yaml (plain YAML) and read back equal; --patience with --noval/--notest is refused."""
+    import yaml
+
+    from engine.config import RunConfig, TrainOptions
+
+    config = RunConfig.resolve(TrainOptions(freeze=(0, 2), label_smoothing=0.1, val_img_size=320, epochs=1), {})
+    assert config.hyp.loss.label_smoothing == 0.1 and config.options.freeze == (0, 2)
+    saved = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    assert saved["args"]["freeze"] == [0, 2]
+    assert RunConfig.from_saved(saved, "run", version=2) == config
+    assert RunConfig.resolve(TrainOptions(freeze="backbone"), {}).to_dict()["args"]["freeze"] == "backbone"
+    for flag in ("noval", "notest"):
+        with pytest.raises(ConfigError, match=f"--patience 5 with --{flag}: patience counts epochs"):
+            TrainOptions(patience=5, **{flag: True}).check()
+    TrainOptions(patience=5).check()

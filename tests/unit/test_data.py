@@ -74,14 +74,14 @@ def test_coco_and_yolo_give_same_boxes(shared_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def train_set():
-    _, ds = build_dataloader(load_data_config(MINI), "train", 256, 4, Hyp.load().augment())
+    _, ds = build_dataloader(load_data_config(MINI), "train", 256, 4, Hyp.load().aug)
     return ds
 
 
 def test_every_augmentation_keeps_boxes_on_masks(train_set):
     random.seed(1)
     np.random.seed(1)
-    hyp = Hyp.load().replace(degrees=10.0, shear=3.0, perspective=0.0005).augment()
+    hyp = Hyp.load().replace(degrees=10.0, shear=3.0, perspective=0.0005).aug
     samples = [train_set.load_sample(i) for i in range(4)]
     ops = {
         "perspective": lambda: random_perspective(samples[0], (256, 256), 10, 0.1, 0.5, 3, 0.0005),
@@ -99,7 +99,7 @@ def test_every_augmentation_keeps_boxes_on_masks(train_set):
 
 
 def test_batches_follow_the_contract(train_set):
-    loader, _ = build_dataloader(load_data_config(MINI), "train", 256, 4, Hyp.load().augment(), shuffle=True)
+    loader, _ = build_dataloader(load_data_config(MINI), "train", 256, 4, Hyp.load().aug, shuffle=True)
     b = next(iter(loader))
     assert b.images.dtype.is_floating_point is False and tuple(b.images.shape) == (4, 3, 256, 256)
     assert b.masks.shape == (len(b.classes), 64, 64) and b.boxes.shape == (len(b.classes), 4)
@@ -182,7 +182,7 @@ def test_val_rect_batches_and_metadata():
 
 def test_rect_batch_shapes_by_split():
     """Training --rect batches are not padded beyond the stride multiple; validation ones are."""
-    train = build_dataloader(load_data_config(MINI), "val", 320, 4, Hyp.load().augment(), rect=True)[1]
+    train = build_dataloader(load_data_config(MINI), "val", 320, 4, Hyp.load().aug, rect=True)[1]
     val = build_dataloader(load_data_config(MINI), "val", 320, 4, rect=True)[1]
     assert {tuple(s) for s in train.batch_shapes} == {(256, 320), (320, 320)}
     assert {tuple(s) for s in val.batch_shapes} == {(256, 352), (352, 352)}
@@ -310,7 +310,7 @@ def test_warp_moves_image_exactly_as_labels(M):
 def test_mosaic_labels_lie_on_image_pixels():
     """Zoomed-out mosaics show grey beyond the canvas; labels of images cropped at the canvas edge
     must stop there too (every mask pixel is on its image's colour, never on the grey)."""
-    hyp = Hyp.load().replace(scale=0.9, degrees=0.0, shear=0.0, perspective=0.0).augment()
+    hyp = Hyp.load().replace(scale=0.9, degrees=0.0, shear=0.0, perspective=0.0).aug
     random.seed(3)
     checked = 0
     for _ in range(40):
@@ -326,7 +326,7 @@ def test_mosaic_labels_lie_on_image_pixels():
 
 def test_mosaic_reads_only_the_tiles_it_shows():
     samples = [_uniform_sample(v, image_id=v) for v in (40, 90, 160, 220)]
-    hyp = Hyp.load().replace(scale=0.9).augment()
+    hyp = Hyp.load().replace(scale=0.9).aug
     reads = []
     for seed in range(30):
         random.seed(seed)
@@ -354,7 +354,7 @@ def test_epoch_batch_sampler_splits_ranks_and_reshuffles():
 def test_close_mosaic_reaches_persistent_workers(train_set, monkeypatch):
     """Mosaic closes at an epoch boundary even though the 2 workers were forked before it."""
     loader, ds = build_dataloader(load_data_config(MINI), "train", 256, 4,
-                                  Hyp.load().replace(mosaic=1.0, mixup=0.0).augment(), shuffle=True, workers=2)
+                                  Hyp.load().replace(mosaic=1.0, mixup=0.0).aug, shuffle=True, workers=2)
     marker = _uniform_sample(7, (256, 256), image_id=-1)
     monkeypatch.setattr(ds, "_mosaic", lambda i: marker)
     loader.set_mosaic_epochs(1)
@@ -391,7 +391,7 @@ def test_mosaic_of_tiny_images_that_the_output_may_miss():
     """Tiles a few pixels wide often lie outside what the perspective keeps: an empty mosaic then,
     not an error."""
     random.seed(0)
-    hyp = Hyp.load().replace(scale=0.5, translate=0.3).augment()
+    hyp = Hyp.load().replace(scale=0.5, translate=0.3).aug
     sizes = set()
     for _ in range(50):
         s = mosaic4([_uniform_sample(v, (6, 8)) for v in (40, 90, 160, 220)], 320, hyp)
@@ -505,10 +505,9 @@ def test_read_only_dataset_keeps_its_caches_elsewhere(tmp_path, monkeypatch):
 
 
 def test_rect_training_batches_take_their_shapes():
-    """--rect for training: no mosaic, each image letterboxed to its batch's rectangle (the loader
-    used to ignore the shapes and train square)."""
+    """--rect for training: no mosaic, each image letterboxed to its batch's rectangle, not a square."""
     random.seed(0)
-    loader, ds = build_dataloader(load_data_config(MINI), "train", 256, 4, Hyp.load().augment(), rect=True)
+    loader, ds = build_dataloader(load_data_config(MINI), "train", 256, 4, Hyp.load().aug, rect=True)
     assert not ds.mosaic
     shapes = set()
     for b, batch in enumerate(loader):
@@ -561,7 +560,7 @@ def test_mosaic_judges_a_cut_object_by_what_its_tile_shows(monkeypatch):
     the tile at 0, visible 32..38. The official recipe compares the 6 px seen with the 38 px the
     mosaic showed (0.16 > 0.1: kept); compared with the uncut 70 px (0.09) it would be lost."""
     monkeypatch.setattr(random, "uniform", lambda a, b: (a + b) / 2)
-    hyp = Hyp.load().replace(scale=0.0, translate=0.0, degrees=0.0, shear=0.0, perspective=0.0).augment()
+    hyp = Hyp.load().replace(scale=0.0, translate=0.0, degrees=0.0, shear=0.0, perspective=0.0).aug
     first = Sample(np.full((96, 96, 3), 50, np.uint8), np.float32([[0, 70, 70, 90]]), np.array([3]),
                    [_rect(0, 70, 70, 90)], 0, "a.jpg", (96, 96))
     rest = [Sample(np.full((64, 64, 3), v, np.uint8), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), [], v,

@@ -182,6 +182,22 @@ def test_masks_cut_where_the_letterbox_put_the_image():
     assert rows[0] and not rows[10:].any()
 
 
+def test_retina_masks_of_a_flat_prototype_are_exactly_the_boxes():
+    """With every prototype pixel positive, the retina mask of a box is the original pixels whose
+    centre lies in the box, for fractional boxes of every size: the decode crops by pixel centre.
+    (Cropping by pixel index, as the mask loss must, would shift it half a pixel right and down.)"""
+    g = torch.Generator().manual_seed(0)
+    n, rp = 200, ((0.5, 0.5), (0.0, 40.0))  # 640x480 -> 320x240, padded to 320x320 (top 40)
+    xy = torch.rand((n, 2), generator=g) * torch.tensor([600.0, 440.0])
+    boxes = torch.cat((xy, (xy + 1 + torch.rand((n, 2), generator=g) * 40).minimum(torch.tensor([640.0, 480.0]))), 1)
+    masks = decode_masks(torch.ones((n, 1)), torch.ones((1, 80, 80)), boxes * 0.5 + torch.tensor([0, 40.0, 0, 40.0]),
+                         (320, 320), (480, 640), rp, retina=True)
+    cols, rows = torch.arange(640) + 0.5, torch.arange(480) + 0.5
+    x1, y1, x2, y2 = boxes[:, :, None, None].unbind(1)
+    inside = (cols >= x1) & (cols < x2) & (rows[:, None] >= y1) & (rows[:, None] < y2)
+    assert torch.equal(masks, inside)
+
+
 def test_rle_roundtrip():
     import pycocotools.mask as mu
 

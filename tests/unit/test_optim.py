@@ -131,7 +131,7 @@ def _stepping_trainer(batches_per_epoch: int, accumulate: int, n_warmup: int):
 
 def test_optimizer_steps_on_the_global_batch_counter_across_epochs():
     """3 batches an epoch, 4 per step: a step every 4 batches, each summing 4 batches' gradients,
-    the accumulation running on over epoch ends (it used to step, short, at every epoch's end)."""
+    the accumulation running on over epoch ends (no short step at an epoch's end)."""
     t, steps = _stepping_trainer(batches_per_epoch=3, accumulate=4, n_warmup=0)
     for epoch in range(4):
         t.train_one_epoch(epoch)

@@ -8,9 +8,9 @@ import copy
 
 import pytest
 import torch
-import yaml
 
 import models.loss.losses
+from conftest import ema_of
 from device_guard import PlacementError, StrictDevice
 from models.loss.assigners import TaskAlignedAssigner, match_anchors
 from models.loss.losses import build_criterion
@@ -24,11 +24,11 @@ STRIDES = torch.tensor([8.0, 16.0, 32.0])
 ANCHORS = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119],
                         [116, 90, 156, 198, 373, 326]], dtype=torch.float32).view(3, 3, 2)
 
-
 @pytest.fixture(scope="module")
-def hyp(root) -> dict:
-    return yaml.safe_load((root / "cfg/hyp/hyp.scratch-high.yaml").read_text())
+def hyp():
+    from engine.config import Hyp
 
+    return Hyp.load().loss
 
 def batch_with_masks(b: int = 2) -> Batch:
     boxes = torch.tensor([[10.0, 20.0, 60.0, 90.0], [50.0, 50.0, 120.0, 110.0], [5.0, 5.0, 20.0, 15.0]])
@@ -37,7 +37,6 @@ def batch_with_masks(b: int = 2) -> Batch:
         masks[k, q[1]:q[3], q[0]:q[2]] = 1
     return Batch(torch.zeros((b, 3, S, S), dtype=torch.uint8), torch.tensor([0, 0, 1]), torch.tensor([3, 7, 0]),
                  boxes, masks, list(range(b)), [""] * b, [(S, S)] * b, [((1.0, 1.0), (0.0, 0.0))] * b)
-
 
 def head_output(kind: str, dtype: torch.dtype) -> HeadOutput:
     """What a head gives the loss; under AMP the preds and protos are float16."""
@@ -48,12 +47,10 @@ def head_output(kind: str, dtype: torch.dtype) -> HeadOutput:
     return HeadOutput(kind, preds, proto, STRIDES, ANCHORS if kind == "anchor" else None,
                       0 if kind == "anchor" else R, NC, NM)
 
-
 # --- the checker itself -----------------------------------------------------------------------
 
 def planted_zeros(n: int) -> torch.Tensor:
     return torch.zeros(n)  # the bug: no device=
-
 
 def test_guard_rejects_a_planted_device_less_zeros_and_names_the_line():
     x = torch.ones(3)
@@ -62,7 +59,6 @@ def test_guard_rejects_a_planted_device_less_zeros_and_names_the_line():
             x + planted_zeros(3)
         assert (x + torch.zeros(3, device=x.device)).sum() == 3  # with a device it passes
         assert torch.as_tensor(x).sum() == 3  # a tensor argument keeps its own device
-
 
 @pytest.mark.parametrize("kind", ["anchor", "anchor_free"])
 def test_guard_catches_a_bug_planted_inside_the_loss(hyp, kind, monkeypatch):
@@ -78,7 +74,6 @@ def test_guard_catches_a_bug_planted_inside_the_loss(hyp, kind, monkeypatch):
     out, batch = head_output(kind, torch.float32), batch_with_masks()
     with StrictDevice(), pytest.raises(PlacementError, match="torch.zeros"):
         criterion(out, batch)
-
 
 # --- the library under the checker -------------------------------------------------------------
 
@@ -96,7 +91,6 @@ def test_losses_with_masks_create_tensors_on_the_input_device(hyp, kind, dtype):
     assert all(p.grad is not None and p.grad.dtype == dtype and torch.isfinite(p.grad).all()
                for p in [*out.preds, out.proto])
 
-
 def test_assigners_create_tensors_on_the_input_device():
     boxes = torch.tensor([[4.0, 5.0, 2.0, 3.0], [10.0, 10.0, 6.0, 6.0]])
     gt = torch.tensor([[[0.0, 0.0, 40.0, 40.0], [10.0, 10.0, 30.0, 30.0]]])
@@ -109,7 +103,6 @@ def test_assigners_create_tensors_on_the_input_device():
         t = TaskAlignedAssigner(topk=10)(scores, gt[:, :1].expand(1, 2, 4), points, labels, gt, valid)
         empty = TaskAlignedAssigner()(scores, gt[:, :1].expand(1, 2, 4), points, no_labels, gt[:, :0], no_valid)
     assert len(m.target) > 0 and t.fg.any() and not empty.fg.any()
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("retina", [False, True])
@@ -133,7 +126,6 @@ def test_postprocess_and_mask_decoding_create_tensors_on_the_input_device(dtype,
     assert set(dets[0].classes.tolist()) <= {1, 2, 3} and dets[0].boxes.dtype == torch.float32
     assert dets[1].masks.shape == (0, 1500, 1900)
 
-
 def test_mask_crop_in_float16_boxes_matches_float32_beyond_1024_pixels():
     """fp16 has a step of 1 above 1024 and 2 above 2048: box edges there must not move the crop."""
     g = torch.Generator().manual_seed(1)
@@ -149,7 +141,6 @@ def test_mask_crop_in_float16_boxes_matches_float32_beyond_1024_pixels():
     ref16 = decode_masks(coef.half().float(), proto.half().float(), boxes16, (256, 256), (2900, 2900), rp, retina=True)
     assert ref.any() and torch.equal(half, ref16)
 
-
 @pytest.mark.parametrize("kind", ["anchor", "anchor_free"])
 def test_models_run_on_meta_so_every_tensor_is_a_registered_buffer(small_cfg, kind):
     """On 'meta' a tensor that model.to(device) does not move (a plain attribute, or one made
@@ -160,7 +151,6 @@ def test_models_run_on_meta_so_every_tensor_is_a_registered_buffer(small_cfg, ki
     assert all(p.device.type == "meta" for p in out.preds) and out.proto.device.type == "meta"
     pred, proto = model.eval()(x)
     assert pred.device.type == "meta" and pred.shape[-1] == 4 + 80 + 32 and proto.device.type == "meta"
-
 
 @pytest.mark.parametrize("kind", ["anchor", "anchor_free"])
 def test_half_model_decodes_like_the_float_model(small_cfg, kind):
@@ -178,7 +168,6 @@ def test_half_model_decodes_like_the_float_model(small_cfg, kind):
     assert boxes_err < 0.5 and (pred[..., 4:84] - ref_pred[..., 4:84]).abs().max() < 0.01
     assert (proto.float() - ref_proto).abs().max() < 0.05
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,amp", [("anchor", False), ("anchor_free", True)])
 def test_a_whole_training_step_creates_tensors_on_the_input_device(make_trainer, kind, amp):
@@ -195,5 +184,5 @@ def test_a_whole_training_step_creates_tensors_on_the_input_device(make_trainer,
     with StrictDevice():
         terms = trainer.train_step(batch, 0)
     assert set(terms) >= {"box", "cls", "seg"} and all(torch.isfinite(torch.tensor(v)) for v in terms.values())
-    assert trainer.skipped_steps == 0 and trainer.ema.updates == 1
+    assert trainer.skipped_steps == 0 and ema_of(trainer).updates == 1
     assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))

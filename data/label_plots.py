@@ -1,4 +1,4 @@
-"""Dataset plots saved to the run folder: label statistics and training batches as the model sees them."""
+"""Plots of the training labels for the run folder: label statistics, and batches as the model sees them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,16 +6,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.io import atomic_write_bytes
+from utils.plots import pyplot, save_figure
 from utils.structures import Batch
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_labels(dataset, out: str | Path) -> None:
@@ -26,7 +19,7 @@ def plot_labels(dataset, out: str | Path) -> None:
     b = index.boxes
     centres = ((b[:, :2] + b[:, 2:]) / 2) / np.maximum(sizes, 1)
     wh = (b[:, 2:] - b[:, :2]) / np.maximum(sizes, 1)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     top = np.argsort(-counts)[:30]
     ax[0].bar(range(len(top)), counts[top])
@@ -36,9 +29,7 @@ def plot_labels(dataset, out: str | Path) -> None:
     ax[1].set(xlim=(0, 1), ylim=(1, 0), title="box centres (x, y)")
     ax[2].scatter(wh[:, 0], wh[:, 1], s=3, alpha=0.4)
     ax[2].set(xlim=(0, 1), ylim=(0, 1), title="box sizes (w, h)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, dpi=110)
 
 
 def batch_mosaic(batch: Batch, names: list[str], max_images: int = 16) -> np.ndarray:
@@ -69,5 +60,8 @@ def batch_mosaic(batch: Batch, names: list[str], max_images: int = 16) -> np.nda
 
 def plot_batch(batch: Batch, names: list[str], out: str | Path) -> np.ndarray:
     grid = batch_mosaic(batch, names)
-    cv2.imwrite(str(out), grid)
+    ok, encoded = cv2.imencode(Path(out).suffix, grid)
+    if not ok:
+        raise ValueError(f"{out}: OpenCV cannot write this image format")
+    atomic_write_bytes(out, lambda f: f.write(encoded.tobytes()))
     return grid
