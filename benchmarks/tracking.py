@@ -56,7 +56,7 @@ def detect(video: Path, weights: str, device: str, img_size: int, conf: float) -
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t
         fps = frame.fps
-        results += [{**r, "frame": frame.index} for r in to_coco_results(dets, 0, list(range(len(pred.backend.names))))]
+        results += [{**r, "frame": frame.index} for r in to_coco_results(dets, 0, list(range(len(pred.backend.meta.names))))]
     frames = frame.index + 1
     return results, fps, 1e3 * seconds / frames
 
