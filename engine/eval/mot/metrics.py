@@ -49,6 +49,16 @@ class MotMetrics:
                 f"FP {self.fp}  FN {self.fn}  mostly tracked {self.mostly_tracked}/{self.gt_ids}  "
                 f"mostly lost {self.mostly_lost}  tracker ids {self.tracker_ids}  frames {self.frames}")
 
+    def table(self) -> str:
+        """A two-line table: percentages for the scores, counts for the rest (MT/PT/ML: ground-truth
+        objects followed over 80 %, 20-80 %, under 20 % of their frames)."""
+        cells = {"MOTA": f"{100 * self.mota:.1f}", "IDF1": f"{100 * self.idf1:.1f}", "HOTA": f"{100 * self.hota:.1f}",
+                 "DetA": f"{100 * self.deta:.1f}", "AssA": f"{100 * self.assa:.1f}", "IDSW": self.id_switches,
+                 "FP": self.fp, "FN": self.fn, "MT": self.mostly_tracked, "PT": self.partly_tracked,
+                 "ML": self.mostly_lost, "GT ids": self.gt_ids, "ids": self.tracker_ids, "frames": self.frames}
+        width = {k: max(len(k), len(str(v))) for k, v in cells.items()}
+        return "\n".join("  ".join(f"{x:>{width[k]}}" for k, x in zip(cells, row)) for row in (cells, cells.values()))
+
 
 def _xyxy(boxes: np.ndarray) -> torch.Tensor:
     b = torch.from_numpy(boxes.astype(np.float64))
