@@ -6,13 +6,15 @@ crossing and hiding each other over an empty COCO scene).
     python benchmarks/tracking.py                          # all sequences, official yolov5n, CPU
     python benchmarks/tracking.py --names crossing,crowd --ref-python ../refvenv/bin/python
     python benchmarks/tracking.py --no-ref                 # ours only (no reference venv)
+    python benchmarks/tracking.py --reuse                  # trackers again on the saved detections
 
 Per sequence: the video is generated; the detector runs on every frame through our predictor
 (letterbox, model, NMS; confidence --conf-thres); its results are saved as detect.py's
 --save-json (frame, bbox xywh, score, category_id); both trackers read that same file; both
 MOT files are scored by engine.eval.mot (TrackEval, IoU 0.5, class-agnostic, every ground-truth
 box counts whatever its visibility). The tracking overhead is our tracker's time per frame over
-the detector's time per frame (decode excluded, both measured in this run).
+the detector's time per frame (decode excluded, both measured in this run; with --reuse the
+detector's time is the earlier run's).
 """
 from __future__ import annotations
 
@@ -75,12 +77,15 @@ def per_frame(results: list[dict], frames: int) -> list[Detections]:
     return out
 
 
-def track_ours(frames: list[Detections], fps: float, out: Path) -> float:
-    """Write our MOT file; returns the tracker's ms per frame."""
+def track_ours(frames: list[Detections], video: Path, fps: float, out: Path) -> float:
+    """Write our MOT file; returns the tracker's ms per frame (the video's frames, which the
+    appearance cue reads, decoded outside the timing)."""
+    from engine.infer.sources import SkipReport, open_source
+
     tracker, writer, seconds = Tracker(TrackerConfig(), fps=fps), MotWriter(out), 0.0
-    for i, dets in enumerate(frames):
+    for i, (dets, frame) in enumerate(zip(frames, open_source(str(video), SkipReport([])))):
         t = time.perf_counter()
-        tracked = tracker.update(dets, i)
+        tracked = tracker.update(dets, i, frame.image)
         seconds += time.perf_counter() - t
         writer.add(i, tracked.track_ids.numpy(), tracked.boxes.numpy(), tracked.scores.numpy(), tracked.classes.numpy())
     writer.close()
@@ -98,12 +103,16 @@ def row(name: str, who: str, m: MotMetrics) -> str:
 
 def run_sequence(folder: Path, args) -> tuple[list[str], tuple[float, float], dict]:
     name = folder.name
-    results, fps, det_ms = detect(folder / f"{name}.mp4", args.weights, args.device, args.img_size, args.conf_thres)
-    dets_json = folder / "predictions.json"
-    atomic_write_text(dets_json, json.dumps(results))
+    dets_json, video = folder / "predictions.json", folder / f"{name}.mp4"
+    if args.reuse:  # the detections and detector time of an earlier run of this script
+        results, fps = json.loads(dets_json.read_text()), SEQUENCES[name].fps
+        det_ms = json.loads((args.out / "results.json").read_text())[name]["detect_ms"]
+    else:
+        results, fps, det_ms = detect(video, args.weights, args.device, args.img_size, args.conf_thres)
+        atomic_write_text(dets_json, json.dumps(results))
     gt = read_mot(folder / "gt" / "gt.txt")
     frames = per_frame(results, int(gt.frames.max()))
-    track_ms = track_ours(frames, fps, folder / "ours.txt")
+    track_ms = track_ours(frames, video, fps, folder / "ours.txt")
     ours = evaluate(gt, read_mot(folder / "ours.txt"))
     lines, record = [row(name, "ours", ours)], {"ours": ours.as_dict(), "detect_ms": det_ms, "track_ms": track_ms}
     if not args.no_ref:
@@ -126,6 +135,8 @@ def main() -> None:
                    help="python of the reference venv (default: refvenv beside ../shared)")
     p.add_argument("--ref-script", default=str(SHARED / "bench" / "bytetrack_reference.py"))
     p.add_argument("--no-ref", action="store_true", help="score ours only")
+    p.add_argument("--reuse", action="store_true",
+                   help="track the detections an earlier run saved in --out (trackers only, no detector run)")
     args = p.parse_args()
     names = args.names.split(",")
     if unknown := [n for n in names if n not in SEQUENCES]:
@@ -133,6 +144,8 @@ def main() -> None:
     if not args.no_ref and not Path(args.ref_python).is_file():
         p.error(f"--ref-python {args.ref_python}: not found (the reference venv, see ../shared/bench); "
                 "or pass --no-ref")
+    if args.reuse and not (args.out / "results.json").is_file():
+        p.error(f"--reuse: {args.out / 'results.json'} not found (run once without --reuse)")
     source = find_coco_source(SHARED / "data")
     print(f"objects and scenes from {source[0]}")
     folders = generate([SEQUENCES[n] for n in names], args.out, *source)
@@ -146,6 +159,8 @@ def main() -> None:
     det_ms, track_ms = np.mean(times, axis=0)
     print(f"\ndetection {det_ms:.1f} ms/frame ({args.device}, {args.img_size}), our tracker {track_ms:.2f} ms/frame: "
           f"+{100 * track_ms / det_ms:.1f}% of the frame time")
+    if args.reuse:  # keep the sequences not rerun
+        records = {**json.loads((args.out / "results.json").read_text()), **records}
     atomic_write_text(args.out / "results.json", json.dumps(records, indent=1))
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from engine.infer.track.tracker import TrackCounts, Tracker, TrackerConfig
 from utils.structures import Detections, TrackedDetections
 
@@ -23,11 +25,13 @@ class SourceTrackers:
     config: TrackerConfig = field(default_factory=TrackerConfig)
     trackers: dict[str, Tracker] = field(default_factory=dict)
 
-    def update(self, source: str, fps: float, dets: Detections, frame_index: int) -> TrackedDetections:
+    def update(self, source: str, fps: float, dets: Detections, frame_index: int,
+               image: np.ndarray | None = None) -> TrackedDetections:
+        """image: the frame (BGR), for the appearance cue."""
         tracker = self.trackers.get(source)
         if tracker is None:
             tracker = self.trackers[source] = Tracker(self.config, fps)
-        return tracker.update(dets, frame_index)
+        return tracker.update(dets, frame_index, image)
 
     def counts(self) -> TrackCounts:
         """Summed over the sources."""
