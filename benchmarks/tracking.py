@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,8 @@ def main() -> None:
                    help="python of the reference venv (default: refvenv beside ../shared)")
     p.add_argument("--ref-script", default=str(SHARED / "bench" / "bytetrack_reference.py"))
     p.add_argument("--no-ref", action="store_true", help="score ours only")
+    p.add_argument("--seed-offset", type=int, default=0,
+                   help="added to every seed: other sequences of the same kinds (held out from tuning)")
     p.add_argument("--reuse", action="store_true",
                    help="track the detections an earlier run saved in --out (trackers only, no detector run)")
     args = p.parse_args()
@@ -148,7 +151,8 @@ def main() -> None:
         p.error(f"--reuse: {args.out / 'results.json'} not found (run once without --reuse)")
     source = find_coco_source(SHARED / "data")
     print(f"objects and scenes from {source[0]}")
-    folders = generate([SEQUENCES[n] for n in names], args.out, *source)
+    folders = generate([replace(SEQUENCES[n], seed=SEQUENCES[n].seed + args.seed_offset) for n in names], args.out,
+                       *source)
     print("| sequence | tracker | MOTA | IDF1 | HOTA | ID switches | FP | FN | mostly tracked | ids |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     times, records = [], {}
