@@ -26,7 +26,8 @@ TRACKERS = ("bytetrack",)  # engine.infer.track.TRACKERS' names (a test holds th
 def build_parser() -> ArgumentParser:
     """detect.py's command line (tests read its options from here)."""
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 .pt, or exported .onnx (default: newest best.pt)")
+    p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 .pt, or an export: .onnx, "
+                   "*_openvino_model/, .torchscript, .engine (default: newest best.pt)")
     p.add_argument("--source", default=str(SAMPLES), help="file, folder, glob, .txt list, video, webcam index or URL")
     add_img_size(p, help="default: the training size; rounded up to the model's stride")
     p.add_argument("--conf-thres", type=number_in(0.0, 1.0), default=0.25)
@@ -35,7 +36,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--classes", type=at_least(0), nargs="+", default=None, help="keep only these class indices")
     p.add_argument("--agnostic-nms", action="store_true")
     p.add_argument("--device", type=device, default="", help="cpu or a CUDA index such as 0 (of a list, the first)")
-    p.add_argument("--half", action="store_true", help="FP16 on CUDA")
+    p.add_argument("--half", action="store_true", help="FP16 on CUDA; OpenVINO models in bf16 where the CPU has it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the first batch is slower)")
     p.add_argument("--batch-size", "--batch", type=batch_size, default=8, help="images per inference batch (folders)")
     p.add_argument("--save-txt", action="store_true", help="YOLO txt: class + polygon (masks) or box")

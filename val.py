@@ -20,7 +20,8 @@ from utils.cli_args import ArgumentParser, add_img_size, at_least, batch_size, d
 def build_parser() -> ArgumentParser:
     """val.py's command line (tests read its options from here)."""
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 checkpoint (.pt)")
+    p.add_argument("--weights", default="", help="gradpath or official YOLOv5/YOLOv7 checkpoint (.pt), or an "
+                   "export: .onnx, *_openvino_model/, .torchscript, .engine")
     p.add_argument("--data", default="", help="dataset YAML (default: the one the checkpoint was trained on)")
     p.add_argument("--batch-size", "--batch", type=batch_size, default=32,
                    help="images per batch; rectangular batches are shaped by their images, so AP depends on it "
@@ -33,7 +34,7 @@ def build_parser() -> ArgumentParser:
                    help="track: score --tracks against --gt (MOT files), no model")
     p.add_argument("--device", type=device, default="", help="cpu or a CUDA index such as 0 (of a list, the first)")
     p.add_argument("--workers", type=at_least(0), default=4)
-    p.add_argument("--half", action="store_true", help="FP16 inference on CUDA")
+    p.add_argument("--half", action="store_true", help="FP16 on CUDA; OpenVINO models in bf16 where the CPU has it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (each new batch shape compiles once)")
     p.add_argument("--retina-masks", action="store_true", help="masks decoded at full resolution")
     p.add_argument("--save-json", action="store_true", help="write predictions.json (COCO results, RLE masks)")

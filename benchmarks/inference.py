@@ -1,17 +1,29 @@
 #!/usr/bin/env python
-"""Inference latency of every model cfg, fused, printed as a table (ms per image).
+"""Inference latency of every model cfg, fused, printed as a table (ms per image); with
+--backends, of exported models in every runtime beside Ultralytics' own exports.
 
     python benchmarks/inference.py                                   # all cfgs, CPU, 640, batch 1 and 32
     python benchmarks/inference.py --cfgs cfg/models/yolor-elan-seg.yaml --batch-sizes 1 --runs 3
     python benchmarks/inference.py --device 0 --half                 # GPU, FP16
+    python benchmarks/inference.py --backends pytorch onnxruntime openvino openvino-int8 \
+        --ref-python ../refvenv/bin/python                           # deployment table, CPU
 
-The model forward only (fused Conv+BN and RepConv, eval mode, channels_last, inference_mode), on
-zeros at the given size: what a deployed network costs before NMS and mask decoding. Each point
-is the median of --runs timed runs after --warmup untimed ones.
+Without --backends: the model forward only (fused Conv+BN and RepConv, eval mode, channels_last,
+inference_mode), on zeros at the given size: what a deployed network costs before NMS and mask
+decoding. Each point is the median of --runs timed runs after --warmup untimed ones.
+
+With --backends: each --models entry (a cfg name, random weights, or a .pt checkpoint) exported
+once by export.py (static 640, batch 1; INT8 by NNCF calibrated on --calib-data), then timed at
+batch 1 on the CPU on --image: end to end per image (read, letterbox, model, NMS, masks in
+original pixels: detect.py's path without drawing) and the model call alone; box/mask AP of each
+trained model's formats on --ap-data (coco_dev32's 32 images). With --ref-python, Ultralytics'
+own ONNX / OpenVINO FP32 / INT8 exports of yolov8n-seg are timed in that venv in the same run
+(../shared/bench/ultralytics_export_latency.py, end to end through its predictor).
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness.deploy import BACKENDS  # noqa: E402
 from benchmarks.harness.speed import forward_latency_ms  # noqa: E402
 from models.model import build_model  # noqa: E402
 from utils.dist import select_device  # noqa: E402
@@ -33,6 +46,78 @@ def latency_ms(cfg: str, img_size: int, batch_size: int, device: torch.device, h
                               torch.channels_last, warmup, runs)
 
 
+SHARED = ROOT.parent / "shared"
+DEFAULT_MODELS = ["gp-n-seg", str(SHARED / "official/yolov5n.pt"), "yolor-elan-seg"]
+
+
+def backend_table(args: argparse.Namespace) -> None:
+    """--backends: the deployment table (markdown), then the ratios against Ultralytics."""
+    import tempfile
+
+    from benchmarks.harness.deploy import export_backends, merged_coco_val, reduced, time_backend, ultralytics_latency
+
+    torch.manual_seed(0)
+    work = Path(args.work or tempfile.mkdtemp(prefix="inference_backends_"))
+    ap_data = merged_coco_val(Path(args.ap_data), work / "ap") if args.ap_data and Path(args.ap_data).is_dir() else None
+    print(f"# CPU, {torch.get_num_threads()} torch threads, batch 1, {args.img_size}, {args.image}; median of "
+          f"{args.runs} runs after {args.warmup}; ms per image; box/mask AP on {args.ap_data or 'no AP set'}")
+    ref = {}
+    if args.ref_python:
+        try:
+            ref = ultralytics_latency(args.ref_python, Path(args.ref_script), Path(args.image), args.ref_data,
+                                      args.runs, work / "ultralytics")
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            print(f"# Ultralytics reference failed: {e}")
+    print("| model | backend | input | end to end ms | model ms | detections | box AP | mask AP |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    ours = {}
+    for entry in args.models:
+        src, trained = model_checkpoint(entry, work, args.img_size)
+        files = export_backends(src, tuple(args.backends), work / src.stem, args.img_size, args.calib_data,
+                                args.calib_fraction)
+        for name, path in files.items():
+            t = time_backend(name, path, Path(args.image), args.img_size, args.warmup, args.runs)
+            ours[(src.stem, name)] = t.e2e_ms
+            box, mask = ap_cells(path, ap_data, args.img_size, reduced(name)) if trained and ap_data else ("untrained", "")
+            print(f"| {src.stem} | {name} | {t.input_shape[0]}x{t.input_shape[1]} | {t.e2e_ms:.1f} | {t.model_ms:.1f} | "
+                  f"{t.detections} | {box} | {mask} |", flush=True)
+    for name, ms in ref.items():
+        print(f"| yolov8n-seg (Ultralytics) | {REF_NAMES.get(name, name)} | its predictor's | {ms:.1f} | | | "
+              f"untrained | |")
+    for (stem, name), ms in ours.items():
+        theirs = ref.get(REF_OF.get(name, name))
+        if stem == "gp-n-seg" and theirs:
+            print(f"# gp-n-seg {name} vs yolov8n-seg {REF_OF.get(name, name)} (Ultralytics), end to end: {ms:.1f} vs "
+                  f"{theirs:.1f} ms (x{theirs / ms:.2f})")
+
+
+REF_NAMES = {"onnx": "onnxruntime"}  # the reference script's row names that differ from ours
+# our backend -> the reference row it is compared with (its OpenVINO rows run at the CPU's own
+# precision: OpenVINO's default, bf16 where the CPU has it)
+REF_OF = {"onnxruntime": "onnx", "openvino-bf16": "openvino", "openvino-int8-bf16": "openvino-int8"}
+
+
+def model_checkpoint(entry: str, work: Path, img_size: int) -> tuple[Path, bool]:
+    """(a .pt to export, whether it is trained): a checkpoint path as given, or a cfg name built
+    with seeded random weights and saved (latency does not depend on the weights)."""
+    from utils.io import save_checkpoint
+
+    if entry.endswith(".pt"):
+        return Path(entry), True
+    model = build_model(entry, num_classes=80)
+    names = [str(i) for i in range(80)]
+    ckpt = {"model": model.state_dict(), "ema": None,
+            "config": {"model": model.yaml, "nc": 80, "names": names, "img_size": img_size}}
+    return save_checkpoint(ckpt, work / Path(entry).stem / f"{Path(entry).stem}.pt"), False
+
+
+def ap_cells(path: Path, data: Path, img_size: int, half: bool) -> tuple[str, str]:
+    from benchmarks.harness.deploy import box_mask_ap
+
+    box, mask = box_mask_ap(path, data, img_size, half)
+    return f"{box:.4f}", "" if mask is None else f"{mask:.4f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cfgs", nargs="+", default=sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cfg/models").glob("*.yaml")))
@@ -43,12 +128,33 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--backends", nargs="+", choices=BACKENDS, default=None,
+                    help="the deployment table: exported models in these runtimes (CPU, batch 1)")
+    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="--backends: cfg names or .pt checkpoints")
+    ap.add_argument("--image", default=str(SHARED / "data/images/bus.jpg"), help="--backends: the timed image")
+    ap.add_argument("--ap-data", default=str(SHARED / "data/dev/coco_dev32"),
+                    help="--backends: a COCO folder (images/, annotations/instances_*.json) scored as one set")
+    ap.add_argument("--calib-data", default=str(SHARED / "data/dev/coco128_instances/coco128-seg.yaml"),
+                    help="--backends: INT8 calibration set (its train split; not the AP set)")
+    ap.add_argument("--calib-fraction", type=float, default=0.5)
+    ap.add_argument("--ref-python", default=None, help="--backends: Python of the reference venv (Ultralytics)")
+    ap.add_argument("--ref-script", default=str(SHARED / "bench/ultralytics_export_latency.py"))
+    ap.add_argument("--ref-data", default=None, help="--backends: the reference's INT8 calibration YAML "
+                    "(Ultralytics' format, absolute path), e.g. coco8-seg.yaml")
+    ap.add_argument("--work", default=None, help="--backends: folder for the exports (default: a temporary one)")
     args = ap.parse_args()
     device = select_device(args.device)
     if args.half and device.type != "cuda":
         ap.error("--half needs a CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.backends:
+        if device.type != "cpu" or args.half:
+            ap.error("--backends: the deployment table is measured on the CPU (--device cpu, no --half)")
+        if args.ref_python and not args.ref_data:
+            ap.error("--ref-python needs --ref-data (the reference's INT8 calibration YAML)")
+        backend_table(args)
+        return
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {where}, {'FP16' if args.half else 'FP32'}, {args.img_size}x{args.img_size}, fused, "
           f"median of {args.runs} runs, ms per image")

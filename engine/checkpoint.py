@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,23 @@ DEFAULT_IMG_SIZE = 640  # the inference size of a checkpoint that does not recor
 
 
 @dataclass(frozen=True)
+class BakedNms:
+    """The selection an end-to-end export runs inside its graph (utils.postprocess's parameters):
+    scores above conf_thres (per class with multi_label, else each box's best class), NMS per
+    class at iou_thres, the topk best of each image kept."""
+
+    conf_thres: float
+    iou_thres: float
+    topk: int
+    multi_label: bool = False
+
+
+@dataclass(frozen=True)
 class ModelMeta:
     """What inference needs of a trained model besides its weights; checkpoints hold it in their
-    config, exported files as string metadata. task: "segment" (masks) or "detect"."""
+    config, exported files as string metadata. task: "segment" (masks) or "detect". nms: set in
+    end-to-end exports, whose outputs are detections (the thresholds baked in), None for raw
+    head outputs."""
 
     names: tuple[str, ...]
     category_ids: tuple[int, ...]
@@ -43,6 +57,11 @@ class ModelMeta:
     stride: int
     task: str
     single_cls: bool = False
+    nms: BakedNms | None = None
+
+    @property
+    def end2end(self) -> bool:
+        return self.nms is not None
 
     @classmethod
     def of(cls, ckpt: dict[str, Any], model: nn.Module) -> "ModelMeta":
@@ -55,17 +74,32 @@ class ModelMeta:
                    bool((config.get("args") or {}).get("single_cls", False)))
 
     def to_strings(self) -> dict[str, str]:
-        return {"names": json.dumps(list(self.names)), "category_ids": json.dumps(list(self.category_ids)),
-                "img_size": str(self.img_size), "stride": str(self.stride), "task": self.task,
-                "single_cls": json.dumps(self.single_cls)}
+        """Flat key/value strings: what ONNX metadata_props, OpenVINO rt_info, TorchScript extra
+        files and our TensorRT header all hold (and what Netron shows)."""
+        out = {"names": json.dumps(list(self.names)), "category_ids": json.dumps(list(self.category_ids)),
+               "img_size": str(self.img_size), "stride": str(self.stride), "task": self.task,
+               "single_cls": json.dumps(self.single_cls), "end2end": json.dumps(self.end2end)}
+        if self.nms is not None:
+            out.update({k: json.dumps(v) for k, v in asdict(self.nms).items()})
+        return out
 
     @classmethod
-    def from_strings(cls, values: dict[str, str]) -> "ModelMeta":
-        """An exported file's metadata (files exported before `task` existed say so by their outputs)."""
-        names = tuple(json.loads(values.get("names", "[]")))
-        return cls(names, tuple(json.loads(values.get("category_ids", "[]")) or range(len(names))),
-                   int(values.get("img_size", DEFAULT_IMG_SIZE)), int(values.get("stride", 32)),
-                   values.get("task", ""), bool(json.loads(values.get("single_cls", "false"))))
+    def from_strings(cls, values: dict[str, str], where: str = "the exported file") -> "ModelMeta":
+        """An exported file's metadata. Files of the first export.py (raw ONNX: names, ids, size,
+        stride) read as raw outputs; their task is "" (their outputs say it)."""
+        if "names" not in values:
+            raise CheckpointError(f"{where}: no gradpath metadata inside (was it written by export.py?)")
+        try:
+            names = tuple(json.loads(values["names"]))
+            nms = None
+            if json.loads(values.get("end2end", "false")):
+                nms = BakedNms(float(values["conf_thres"]), float(values["iou_thres"]), int(values["topk"]),
+                               bool(json.loads(values.get("multi_label", "false"))))
+            return cls(names, tuple(json.loads(values.get("category_ids", "[]")) or range(len(names))),
+                       int(values.get("img_size", DEFAULT_IMG_SIZE)), int(values.get("stride", 32)),
+                       values.get("task", ""), bool(json.loads(values.get("single_cls", "false"))), nms)
+        except (KeyError, ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+            raise CheckpointError(f"{where}: unreadable gradpath metadata ({type(e).__name__}: {e})") from None
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint", use_ema: bool = True) -> nn.Module:

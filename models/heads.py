@@ -154,8 +154,10 @@ class AnchorFreeHead(HeadBase):
         for i, p in enumerate(preds):
             b, _, h, w = p.shape
             p = p.float().flatten(2).transpose(1, 2)  # (B, h*w, C)
-            # bins is float16 after model.half() (--half); the decode runs in float32
-            dist = p[..., :4 * self.reg_max].view(b, -1, 4, self.reg_max).softmax(-1) @ self.bins.float()
+            # bins is float16 after model.half() (--half); the decode runs in float32. A (reg_max, 1)
+            # matrix, not a vector: OpenVINO's CPU plugin fails to fuse a vector MatMul followed by a Multiply
+            bins = self.bins.float()[:, None]
+            dist = (p[..., :4 * self.reg_max].view(b, -1, 4, self.reg_max).softmax(-1) @ bins).squeeze(-1)
             # the strides stay tensors here (not anchor_points' Python floats): no graph break under --compile
             centres = (cell_grid(h, w, p.device, p.dtype) + 0.5) * self.strides[i]
             box = dist_to_bbox(centres, dist * self.strides[i])

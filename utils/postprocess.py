@@ -1,5 +1,6 @@
 """From the model's eval output to per-image Detections in original pixels: confidence filter,
-class-aware NMS, and mask decoding. Shared by the evaluator, the predictor and ONNX inference."""
+class-aware NMS, and mask decoding (or, for an end-to-end export, only the mapping back to
+original pixels). Shared by the evaluator, the predictor and every inference backend."""
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,8 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from utils.geometry import RatioPad, input_to_orig
-from utils.masks import decode_masks
-from utils.structures import Detections
+from utils.masks import decode_masks, paste_masks
+from utils.structures import Detections, End2EndOutput, RawOutput
 
 MAX_NMS_INPUT = 30000  # candidates kept (by score) before NMS, so a random model cannot stall it
 
@@ -52,3 +53,39 @@ def postprocess(pred: Tensor, proto: Tensor | None, input_shape: tuple[int, int]
         out.append(Detections(input_to_orig(boxes.float(), ratio_pads[b], orig_shapes[b]), scores.float(),
                               cls.long(), masks))
     return out
+
+
+def end2end_postprocess(out: End2EndOutput, input_shape: tuple[int, int], orig_shapes: list[tuple[int, int]],
+                        ratio_pads: list[RatioPad], classes: list[int] | None = None, conf_thres: float = 0.0,
+                        max_det: int | None = None) -> list[Detections]:
+    """An end-to-end export's padded detections -> per-image Detections in original pixels. Its
+    NMS, thresholds and top-k were baked in at export; a higher conf_thres, `classes` and a
+    smaller max_det still apply (rows come sorted by score)."""
+    dets = []
+    for b in range(out.boxes.shape[0]):
+        k = int(out.num_dets[b, 0])
+        cls, scores = out.classes[b, :k].long(), out.scores[b, :k].float()
+        keep = scores > conf_thres
+        if classes is not None:
+            keep &= torch.isin(cls, torch.as_tensor(classes, device=cls.device))
+        keep = keep.nonzero()[:, 0][:max_det]
+        masks = None
+        if out.masks is not None:
+            masks = paste_masks(out.masks[b, keep], input_shape, orig_shapes[b], ratio_pads[b])
+        dets.append(Detections(input_to_orig(out.boxes[b, keep].float(), ratio_pads[b], orig_shapes[b]), scores[keep],
+                               cls[keep], masks))
+    return dets
+
+
+def to_detections(out: RawOutput | End2EndOutput, input_shape: tuple[int, int], orig_shapes: list[tuple[int, int]],
+                  ratio_pads: list[RatioPad], conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 300,
+                  classes: list[int] | None = None, agnostic: bool = False, multi_label: bool = False,
+                  retina_masks: bool = False) -> list[Detections]:
+    """Any inference backend's output -> per-image Detections: raw outputs through postprocess,
+    end-to-end ones (selected inside the graph; iou_thres, agnostic, multi_label and retina_masks
+    were fixed at export) through end2end_postprocess."""
+    if isinstance(out, End2EndOutput):
+        return end2end_postprocess(out, input_shape, orig_shapes, ratio_pads, classes, conf_thres, max_det)
+    pred, proto = out
+    return postprocess(pred, proto, input_shape, orig_shapes, ratio_pads, conf_thres, iou_thres, max_det,
+                       classes=classes, agnostic=agnostic, multi_label=multi_label, retina_masks=retina_masks)

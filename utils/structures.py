@@ -3,6 +3,7 @@ one image's detections. Every producer and consumer in gradpath speaks these typ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -121,3 +122,31 @@ class TrackedDetections(Detections):
 
     track_ids: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     frame: int = 0
+
+
+class RawOutput(NamedTuple):
+    """A model's eval output, as every backend of a raw (not end-to-end) export returns it.
+
+    pred: (B, N, 4 + nc + nm) xyxy input pixels, class probabilities, mask coefficients.
+    proto: (B, nm, H/4, W/4) mask prototypes, or None for a detection-only model.
+    """
+
+    pred: Tensor
+    proto: Tensor | None
+
+
+@dataclass
+class End2EndOutput:
+    """Detections of an end-to-end export (NMS and mask assembly inside the graph), padded to K.
+
+    num_dets: int (B,1) rows of each image that hold detections; the rest are zero.
+    boxes: float32 (B,K,4) xyxy input pixels. scores: (B,K). classes: int (B,K) 0..nc-1.
+    masks: float32 (B,K,H/4,W/4) sigmoid(coefficients @ prototypes) cropped to the box
+    (threshold at 0.5 after resizing), or None for a detection-only model.
+    """
+
+    num_dets: Tensor
+    boxes: Tensor
+    scores: Tensor
+    classes: Tensor
+    masks: Tensor | None = None

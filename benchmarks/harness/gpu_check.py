@@ -197,7 +197,7 @@ def run_process_group(cmd: list[str], timeout: float, env: dict) -> tuple[str, b
 
 # --- speed and memory ---------------------------------------------------------------------------
 
-SPEED_PARTS = ("train", "loader", "inference", "val", "channels_last", "bf16", "compile")
+SPEED_PARTS = ("train", "loader", "inference", "val", "channels_last", "bf16", "compile", "tensorrt")
 
 
 def speed(report: Report, ctx: Context, parts: tuple[str, ...] = SPEED_PARTS) -> None:
@@ -205,7 +205,8 @@ def speed(report: Report, ctx: Context, parts: tuple[str, ...] = SPEED_PARTS) ->
     rates = train_grid(report, ctx) if "train" in parts else {}
     steps = {"loader": lambda: loader_rows(report, ctx, rates), "inference": lambda: inference_rows(report, ctx),
              "val": lambda: val_rate(report, ctx), "channels_last": lambda: channels_last_rows(report, ctx, rates),
-             "bf16": lambda: bf16_row(report, ctx, rates), "compile": lambda: compile_rows(report, ctx, rates)}
+             "bf16": lambda: bf16_row(report, ctx, rates), "compile": lambda: compile_rows(report, ctx, rates),
+             "tensorrt": lambda: tensorrt_row(report, ctx)}
     for part in SPEED_PARTS[1:]:
         if part in parts:
             steps[part]()
@@ -407,6 +408,57 @@ def _compile_result(ctx: Context, speedup: float, figures: str, compile_s: float
         return f"wiring ok (eager backend); speed-up: {NO_CUDA}", "pass", {}
     return f"x{speedup:.2f} ({figures}); first steps incl. compiling {compile_s:.0f} s", "measured", \
         {"speedup": speedup, "compile_s": compile_s}
+
+
+def tensorrt_row(report: Report, ctx: Context) -> None:
+    """export.py --include engine --half of the tests' checkpoint (else an untrained gp-n-seg):
+    the build time, model latency at batch 1 against PyTorch FP16 on the same GPU, and val.py's
+    box AP of both on the data the checkpoint was trained on (else coco-mini val)."""
+    s = ctx.settings
+    setting = f"FP16 engine, batch 1, {s.img_size} px, from {'the tests checkpoint' if _overfit(ctx) else 'untrained gp-n-seg'}"
+    if not ctx.cuda:
+        report.add(SPEED, "TensorRT engine", setting, NO_CUDA, "skipped")
+        return
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        report.add(SPEED, "TensorRT engine", setting, "skipped: tensorrt is not installed", "skipped")
+        return
+
+    def run():
+        from engine.eval.evaluator import evaluate
+        from engine.export.exporter import export
+        from engine.export.options import ExportOptions
+        from engine.infer.backends import load_backend
+        from utils.io import save_checkpoint
+
+        src, data = _overfit(ctx) or (None, ctx.data)
+        if src is None:
+            model = build_model("gp-n-seg", num_classes=80)
+            src = save_checkpoint({"model": model.state_dict(), "ema": None,
+                                   "config": {"model": model.yaml, "nc": 80, "img_size": s.img_size}},
+                                  ctx.work / "trt/untrained.pt")
+        t0 = time.perf_counter()
+        (e,) = export(ExportOptions(weights=str(src), include=("engine",), half=True, device=str(ctx.device.index or 0),
+                                    img_size=s.img_size, out=str(ctx.work / "trt/model.onnx")))
+        build_s = time.perf_counter() - t0
+        engine, torch_b = load_backend(e.path, ctx.device), load_backend(src, ctx.device, half=True)
+        x = torch.zeros(1, 3, s.img_size, s.img_size, device=ctx.device)
+        ms, ms_pt = (time_forward_ms(b, x, warmup=3, runs=s.runs) for b in (engine, torch_b))
+        loader, dataset = build_dataloader(data, "val", s.img_size, 1, workers=0, pin_memory=True)
+        ap, ap_pt = (evaluate(b, loader, dataset, ctx.device).box["AP"] for b in (engine, torch_b))
+        return (f"build {build_s:.0f} s; {ms:.2f} ms/image vs PyTorch FP16 {ms_pt:.2f} (x{ms_pt / ms:.2f}); "
+                f"box AP {ap:.3f} vs {ap_pt:.3f}", "measured",
+                {"build_s": build_s, "ms_per_image": ms, "pytorch_ms_per_image": ms_pt, "box_ap": ap, "pytorch_box_ap": ap_pt})
+    report.measure(SPEED, "TensorRT engine", setting, run)
+    _free(ctx)
+
+
+def _overfit(ctx: Context):
+    """(best.pt, its data config) of the cuda tests' trained checkpoint, or None before they ran."""
+    best = ctx.work / "cuda/overfit/weights/best.pt"
+    data = ctx.work / "cuda/subset6.yaml"
+    return (best, load_data_config(data)) if best.is_file() and data.is_file() else None
 
 
 def _free(ctx: Context) -> None:

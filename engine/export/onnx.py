@@ -1,65 +1,63 @@
-"""ONNX export, checked against PyTorch with onnxruntime, written atomically."""
+"""The one ONNX writer: a model (raw head outputs) or its end-to-end wrapper traced with torch.onnx
+(dynamo=False), optionally simplified with onnxslim, its ModelMeta in metadata_props. Every
+ONNX-based format (the .onnx file, OpenVINO IR, TensorRT engines) starts from these bytes."""
 from __future__ import annotations
 
 import io
-import logging
-from pathlib import Path
+import warnings
 
-import numpy as np
 import torch
+from torch import nn
 
-from engine.checkpoint import ModelMeta, load_model
-from utils.dist import select_device
-from utils.cli_args import round_to_stride
-from utils.io import atomic_write_bytes
+from engine.checkpoint import ModelMeta
+from engine.export.end2end import OUTPUTS, End2End
 
-LOG = logging.getLogger("gradpath.export")
-
-
-def export_onnx(weights: str | Path, img_size: int | None = None, dynamic: bool = False, half: bool = False,
-                opset: int = 17, out: str | Path | None = None, device: str = "cpu") -> tuple[Path, float]:
-    """Write `weights` as ONNX (inputs "images"; outputs "predictions", "protos"); return (path, max abs diff)."""
-    dev = select_device(device, several=True)
-    if half and dev.type != "cuda":
-        raise ValueError("--half export needs a CUDA device (--device 0)")
-    model, ckpt = load_model(weights, dev, fuse=True)
-    meta = ModelMeta.of(ckpt, model)
-    size = round_to_stride(img_size, meta.stride) if img_size else meta.img_size
-    x = torch.rand(1, 3, size, size, device=dev)
-    if half:
-        model, x = model.half(), x.half()
-    names = ["predictions"] + (["protos"] if model.nm else [])
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "predictions": {0: "batch", 1: "anchors"},
-            "protos": {0: "batch", 2: "proto_h", 3: "proto_w"}} if dynamic else None
-    buf = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(model, x, buf, input_names=["images"], output_names=names, opset_version=opset,
-                          dynamic_axes={k: v for k, v in (axes or {}).items() if k == "images" or k in names} or None,
-                          dynamo=False)
-    out = Path(out) if out else Path(weights).with_suffix(".onnx")
-    data = with_metadata(buf.getvalue(), {**meta.to_strings(), "img_size": str(size)})
-    diff = check_onnx(data, model, x)
-    atomic_write_bytes(out, lambda f: f.write(data))  # once, checked, metadata inside
-    return out, diff
+RAW_OUTPUTS = ("predictions", "protos")
 
 
-def check_onnx(onnx_bytes: bytes, model: torch.nn.Module, x: torch.Tensor) -> float:
-    """Max abs difference between onnxruntime and PyTorch outputs on x."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        ref = [t for t in model(x) if t is not None]
-    got = sess.run(None, {"images": x.float().cpu().numpy() if x.dtype == torch.float32 else x.cpu().numpy()})
-    return float(max(np.abs(g.astype(np.float32) - r.float().cpu().numpy()).max() for g, r in zip(got, ref)))
+def output_names(module: nn.Module, segment: bool) -> list[str]:
+    if isinstance(module, End2End):
+        return list(OUTPUTS if segment else OUTPUTS[:4])
+    return list(RAW_OUTPUTS if segment else RAW_OUTPUTS[:1])
 
 
-def with_metadata(onnx_bytes: bytes, values: dict[str, str]) -> bytes:
-    """The model with `values` (ModelMeta: names, category ids, size, stride, task) in its metadata."""
+def dynamic_axes(names: list[str], batch: bool, size: bool) -> dict[str, dict[int, str]] | None:
+    """Batch (and input size) axes; the outputs follow (boxes per image stay fixed at K)."""
+    if not (batch or size):
+        return None
+    axes = {"images": {**({0: "batch"} if batch else {}), **({2: "height", 3: "width"} if size else {})}}
+    for n in names:
+        axes[n] = {0: "batch"} if batch else {}
+        if size and n == "predictions":
+            axes[n][1] = "anchors"
+        if size and n in ("protos", "masks"):
+            axes[n].update({2: "mask_h", 3: "mask_w"})
+    return axes
+
+
+def onnx_bytes(module: nn.Module, x: torch.Tensor, meta: ModelMeta, batch_dynamic: bool, size_dynamic: bool,
+               opset: int = 17, simplify: bool = False) -> bytes:
+    """module(x) traced to ONNX, with `meta` inside. x: (B,3,H,W) example input on the module's device."""
     import onnx
 
-    m = onnx.load_from_string(onnx_bytes)
+    names = output_names(module, meta.task == "segment")
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings concern shapes dynamic_axes already frees
+        torch.onnx.export(module, x, buf, input_names=["images"], output_names=names, opset_version=opset,
+                          dynamic_axes=dynamic_axes(names, batch_dynamic, size_dynamic), dynamo=False)
+    model = onnx.load_from_string(buf.getvalue())
+    if simplify:
+        import onnxslim
+
+        model = onnxslim.slim(model)
+    return with_metadata(model, meta.to_strings()).SerializeToString()
+
+
+def with_metadata(model, values: dict[str, str]):
+    """The onnx.ModelProto with `values` (ModelMeta.to_strings) as its only metadata."""
+    del model.metadata_props[:]
     for k, v in values.items():
-        entry = m.metadata_props.add()
+        entry = model.metadata_props.add()
         entry.key, entry.value = k, v
-    return m.SerializeToString()
+    return model

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from data.augment import letterbox, letterbox_shape
 from engine.device import configure_cuda
 from engine.eval.evaluator import to_coco_results
-from engine.infer.backends import load_backend
+from engine.infer.backends import baked_note, load_backend
 from engine.infer.pipeline import Behind, prefetch
 from engine.infer.sources import VIDEO_SUFFIXES, Frame, SkipReport, is_stream, open_source
 from utils.cli_args import round_to_stride
@@ -24,7 +24,7 @@ from utils.io import atomic_write_text
 from utils.draw import draw, draw_trails
 from utils.dist import select_device
 from utils.paths import new_run_dir
-from utils.postprocess import postprocess
+from utils.postprocess import to_detections
 from utils.structures import Detections, TrackedDetections
 
 LOG = logging.getLogger("gradpath.detect")
@@ -166,6 +166,10 @@ class Predictor:
         self.backend = load_backend(opt.weights, self.device, opt.half, opt.compile)
         meta = self.backend.meta
         self.img_size = round_to_stride(opt.img_size, meta.stride) if opt.img_size else meta.img_size
+        note = baked_note(meta, opt.conf_thres, opt.iou_thres, opt.max_det, agnostic=opt.agnostic_nms,
+                          retina_masks=opt.retina_masks)
+        if note:
+            LOG.warning("%s", note)
         self.skips = SkipReport([])
 
     def input_shape(self, frame: Frame) -> tuple[int, int]:
@@ -193,11 +197,11 @@ class Predictor:
             out += self.postprocess(batch, tuple(x.shape[-2:]), rps, self.backend(x))
         return out
 
-    def postprocess(self, frames: list[Frame], shape: tuple[int, int], rps: list, raw) -> list[Detections]:
-        pred, proto = raw
-        return postprocess(pred, proto, shape, [f.image.shape[:2] for f in frames], rps,
-                           self.opt.conf_thres, self.opt.iou_thres, self.opt.max_det, classes=self.opt.classes,
-                           agnostic=self.opt.agnostic_nms, retina_masks=self.opt.retina_masks)
+    def postprocess(self, frames: list[Frame], shape: tuple[int, int], rps: list, out) -> list[Detections]:
+        """out: the backend's RawOutput or End2EndOutput for these frames."""
+        return to_detections(out, shape, [f.image.shape[:2] for f in frames], rps, self.opt.conf_thres,
+                             self.opt.iou_thres, self.opt.max_det, classes=self.opt.classes,
+                             agnostic=self.opt.agnostic_nms, retina_masks=self.opt.retina_masks)
 
     def run(self) -> dict:
         """Predict over the whole source. Decoding and letterboxing run ahead of the model in one

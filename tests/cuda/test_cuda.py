@@ -236,3 +236,63 @@ def test_export_half_on_the_gpu_matches_pytorch(overfit, work):
     assert r.returncode == 0, r.stderr[-3000:]
     diff = float(re.search(r"max abs diff ([\d.e+-]+)", r.stdout).group(1))
     assert out.is_file() and diff < 1.0, r.stdout  # outputs in pixels; float16 steps 0.125-0.25 px there
+
+
+# --- TensorRT -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nms", [False, True], ids=["raw", "end2end"])
+def test_tensorrt_engine_equals_pytorch(small_cfg, work, nms):
+    """FP32 engines of a small model (scores spread as a trained model's), raw and end-to-end, read
+    back through the TensorRT backend: the detections and masks of PyTorch on real images."""
+    pytest.importorskip("tensorrt")
+    from engine.export.checks import check_input, compare_detections
+    from engine.export.exporter import export
+    from engine.export.options import ExportOptions
+    from engine.infer.backends import load_backend
+    from tests.spread import spread_head
+    from utils.io import save_checkpoint
+    from utils.postprocess import to_detections
+
+    torch.manual_seed(0)
+    images = sorted((BUNDLED / "images").glob("*.jpg"))
+    model = build_model(small_cfg("anchor")).eval()
+    spread_head(model, check_input(192, 1, images[0])[0])
+    ckpt = {"model": model.state_dict(), "ema": None,
+            "config": {"model": model.yaml, "nc": 80, "names": [str(i) for i in range(80)], "img_size": 192}}
+    src = save_checkpoint(ckpt, work / f"trt_{'e2e' if nms else 'raw'}.pt")
+    (e,) = export(ExportOptions(weights=str(src), include=("engine",), device="0", nms=nms, conf_thres=0.5))
+    assert e.path.suffix == ".engine" and e.precision == "fp32"
+    parts = [check_input(192, 1, p) for p in images[1:3]]
+    x, orig, rps = torch.cat([p[0] for p in parts]).to(GPU), [p[1] for p in parts], [p[2] for p in parts]
+    engine, ref = load_backend(e.path, GPU), load_backend(src, GPU)
+    assert engine.meta.end2end == nms and engine.meta.img_size == 192
+    refs = to_detections(ref(x), (192, 192), orig, rps, 0.5, 0.45, 100)
+    gots = to_detections(engine(x), (192, 192), orig, rps, 0.5, 0.45, 100)
+    for r, g in zip(refs, gots):
+        d = compare_detections(r, g)  # on the GPU both
+        assert d.n_ref > 0 and d.ok(), d.largest
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tensorrt_engine_val_ap_matches_the_checkpoint(overfit, work, precision):
+    """export.py --include engine (FP16, or INT8 calibrated on the training images, which prints
+    its AP against PyTorch), then val.py --weights best.engine: the checkpoint's AP within 0.005
+    (FP16) or 0.05 (INT8, on 6 images)."""
+    pytest.importorskip("tensorrt")
+    best, data = overfit
+    out = work / f"trt_{precision}.onnx"
+    flag = ["--half"] if precision == "fp16" else ["--int8", "--data", data]
+    r = run("export.py", "--weights", best, "--include", "engine", *flag, "--dynamic", "--device", 0,
+            "--img-size", 256, "--out", out, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    engine = out.with_suffix(".engine")
+    assert engine.is_file() and f"(engine {precision}:" in r.stdout, r.stdout
+    common = ["--data", data, "--img-size", 256, "--workers", 2, "--project", work / "val", "--exist-ok"]
+    pt = run("val.py", "--weights", best, *common, "--device", 0, "--name", "trt_pt")
+    trt = run("val.py", "--weights", engine, *common, "--device", 0, "--name", f"trt_{precision}")
+    assert pt.returncode == 0 and trt.returncode == 0, (pt.stderr[-2000:], trt.stderr[-2000:])
+    (pt_box, pt_mask), (box, mask) = box_and_mask_ap(pt.stdout), box_and_mask_ap(trt.stdout)
+    tol = 0.005 if precision == "fp16" else 0.05
+    assert pt_box > 0.1 and abs(box - pt_box) <= tol and abs(mask - pt_mask) <= tol, (box, pt_box, mask, pt_mask)
+    if precision == "int8":
+        assert "INT8 vs PyTorch FP32 on" in r.stdout, r.stdout

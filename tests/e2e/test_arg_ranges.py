@@ -62,16 +62,11 @@ CASES = {
         (["--save-csv"], "--save-csv: not available here")],
     "export.py": SHARED + [(["--batch-size", "0"], BATCH), (["--conf-thres", "2"], CONF), (["--iou-thres", "-0.1"], IOU)],
 }
-# export.py's own flags are the deploy work's; of the shared ones, those its parser has yet
-EXPORT_SHARED = ("--batch-size", "--conf-thres", "--iou-thres")
 
 
 def _cases():
     for script, cases in CASES.items():
-        flags = {s for a in parser(script)._actions for s in a.option_strings}
         for argv, message in cases:
-            if script == "export.py" and argv[0] in EXPORT_SHARED and argv[0] not in flags:
-                continue
             yield pytest.param(script, argv, message, id=f"{script} {' '.join(argv)}")
 
 
@@ -94,7 +89,7 @@ def test_every_script_walked_and_export_takes_its_shared_flags():
     covered = {script for script, *_ in (p.values for p in _cases())}
     assert covered == set(CASES)
     flags = {s for a in parser("export.py")._actions for s in a.option_strings}
-    assert {"--img-size", "--device"} <= flags
+    assert {"--img-size", "--device", "--batch-size", "--conf-thres", "--iou-thres"} <= flags
 
 
 def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -109,6 +104,7 @@ def test_what_needs_a_file_or_the_model_is_one_line_before_any_run_folder(tmp_pa
     (tmp_path / "mosaic.yaml").write_text("mosaic: 1.5\n")
     runs = ["--project", str(tmp_path / "runs")]
     not_pt = "some.yaml: not a PyTorch checkpoint"
+    not_model = "some.yaml: unknown model format '.yaml' (expected .pt, .onnx, *_openvino_model/"  # val/detect: any format
     cases = [
         ("train.py", ["--hyp", "fast.yaml"], "fast.yaml: hyperparameter 'lr0' must be a number, got 'fast'"),
         ("train.py", ["--hyp", "mosaic.yaml"], "mosaic.yaml: hyperparameter 'mosaic' must be in [0.0, 1.0], got 1.5"),
@@ -116,8 +112,8 @@ def test_what_needs_a_file_or_the_model_is_one_line_before_any_run_folder(tmp_pa
         ("train.py", ["--patience", "3", "--notest"], "--patience 3 with --notest: patience counts epochs"),
         ("train.py", ["--freeze", "99"], "--freeze 99: the model has 27 layers"),
         ("train.py", ["--weights", "some.yaml"], not_pt),
-        ("val.py", ["--weights", "some.yaml"], not_pt),
-        ("detect.py", ["--weights", "some.yaml"], not_pt),
+        ("val.py", ["--weights", "some.yaml"], not_model),
+        ("detect.py", ["--weights", "some.yaml"], not_model),
         ("export.py", ["--weights", "some.yaml"], not_pt),
     ]
     for script, argv, message in cases:

@@ -171,7 +171,9 @@ def test_gpu_check_quick_runs_on_the_cpu_and_invents_nothing(root, tmp_path):
     assert [row["setting"] for row in by_section["failure paths"]] == [i for i in ids if "::test_failure_" in i]
     results = read_results(tmp_path / "work/cuda_tests.jsonl")
     assert list(results.collected) == ids and [o.nodeid for o in results.outcomes] == ids
-    gpu_only = tests + [row for row in rows if row["check"] in ("TF32, bf16", "AMP bf16 vs fp16, train")]
+    gpu_only = tests + [row for row in rows if row["check"] in ("TF32, bf16", "AMP bf16 vs fp16, train",
+                                                                "TensorRT engine")]
+    assert any(row["check"] == "TensorRT engine" for row in gpu_only)
     assert all(row["status"] == "skipped" and row["result"] == "skipped: no CUDA" for row in gpu_only)
     assert all(not row["values"] for row in rows if row["status"] == "skipped")
     log = (tmp_path / "cuda_tests.log").read_text()

@@ -1,0 +1,67 @@
+"""OpenVINO IR (FP32, FP16 weights, or INT8 by NNCF post-training quantization) from the checked
+ONNX graph, as a folder NAME_openvino_model/ holding NAME.xml and NAME.bin; the export metadata
+goes in the IR's rt_info under "gradpath"."""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from engine.checkpoint import ModelMeta
+from engine.export.files import staged_dir
+
+
+def ignored_patterns(head_index: int) -> list[str]:
+    """Node-name regexes NNCF leaves in float: inside the head (layer head_index) everything but
+    the prototype branch and the anchor-free branches' first two convs, i.e. the last 1x1
+    prediction convs and the decoding; and every op the end-to-end wrapper adds (NMS, top-k,
+    mask assembly). Names are torch.onnx's module paths: /layers.N/... raw, /model/layers.N/...
+    inside the end-to-end wrapper."""
+    h = f"^(/model)?/layers\\.{head_index}/"
+    return [h + r"(?!proto/)(?!(box|cls|coef)\.\d+\.[01]/)", r"^/(?!model/|layers\.)"]
+
+
+def to_openvino(onnx_path: Path, meta: ModelMeta):
+    """The ov.Model of an ONNX file, with the metadata in its rt_info."""
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    for k, v in meta.to_strings().items():
+        model.set_rt_info(v, ["gradpath", k])
+    return model
+
+
+def quantize_int8(model, images: Iterable[np.ndarray], n_images: int, head_index: int):
+    """NNCF post-training INT8 of an ov.Model, calibrated on `images` ((1,3,H,W) float32 0-1)."""
+    import nncf
+    from nncf.common.logging import nncf_logger
+
+    scope = nncf.IgnoredScope(patterns=ignored_patterns(head_index), validate=False)
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.WARNING)  # at INFO it lists every op it leaves in float
+    try:
+        return nncf.quantize(model, nncf.Dataset(list(images)), preset=nncf.QuantizationPreset.MIXED,
+                             subset_size=n_images, ignored_scope=scope)
+    finally:
+        nncf_logger.setLevel(level)
+
+
+def write_openvino(onnx_data: bytes, meta: ModelMeta, dest: Path, half: bool, check: Callable[[Path], str],
+                   calibration: tuple[Iterable[np.ndarray], int, int] | None = None) -> str:
+    """Write dest/ (NAME.xml + NAME.bin, NAME = dest's name without _openvino_model); return the
+    check's report. calibration: (images, count, head layer index) for INT8."""
+    import openvino as ov
+
+    stem = re.sub(r"_openvino_model$", "", dest.name)
+    with staged_dir(dest) as tmp:
+        onnx_path = tmp / f"{stem}.onnx"
+        onnx_path.write_bytes(onnx_data)
+        model = to_openvino(onnx_path, meta)
+        onnx_path.unlink()
+        if calibration is not None:
+            model = quantize_int8(model, *calibration)
+        ov.save_model(model, str(tmp / f"{stem}.xml"), compress_to_fp16=half)
+        return check(tmp)
