@@ -78,15 +78,12 @@ def per_frame(results: list[dict], frames: int) -> list[Detections]:
     return out
 
 
-def track_ours(frames: list[Detections], video: Path, fps: float, out: Path) -> float:
-    """Write our MOT file; returns the tracker's ms per frame (the video's frames, which the
-    appearance cue reads, decoded outside the timing)."""
-    from engine.infer.sources import SkipReport, open_source
-
+def track_ours(frames: list[Detections], fps: float, out: Path) -> float:
+    """Write our MOT file; returns the tracker's ms per frame."""
     tracker, writer, seconds = Tracker(TrackerConfig(), fps=fps), MotWriter(out), 0.0
-    for i, (dets, frame) in enumerate(zip(frames, open_source(str(video), SkipReport([])))):
+    for i, dets in enumerate(frames):
         t = time.perf_counter()
-        tracked = tracker.update(dets, i, frame.image)
+        tracked = tracker.update(dets, i)
         seconds += time.perf_counter() - t
         writer.add(i, tracked.track_ids.numpy(), tracked.boxes.numpy(), tracked.scores.numpy(), tracked.classes.numpy())
     writer.close()
@@ -113,7 +110,7 @@ def run_sequence(folder: Path, args) -> tuple[list[str], tuple[float, float], di
         atomic_write_text(dets_json, json.dumps(results))
     gt = read_mot(folder / "gt" / "gt.txt")
     frames = per_frame(results, int(gt.frames.max()))
-    track_ms = track_ours(frames, video, fps, folder / "ours.txt")
+    track_ms = track_ours(frames, fps, folder / "ours.txt")
     ours = evaluate(gt, read_mot(folder / "ours.txt"))
     lines, record = [row(name, "ours", ours)], {"ours": ours.as_dict(), "detect_ms": det_ms, "track_ms": track_ms}
     if not args.no_ref:

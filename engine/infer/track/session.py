@@ -103,7 +103,7 @@ class TrackingRun:
     def update(self, frame: Frame, dets: Detections) -> TrackedDetections:
         state = self._state(frame)
         index = frame.index if frame.is_video else state.images  # images: their place in the sequence
-        tracked = self.trackers.update(self._key(frame), frame.fps, dets, index, frame.image)
+        tracked = self.trackers.update(self._key(frame), frame.fps, dets, index)
         state.images += not frame.is_video
         if state.writer is not None:
             state.writer.add(index, tracked.track_ids.numpy(), tracked.boxes.cpu().numpy(),

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from engine.infer.track.tracker import TrackCounts, Tracker, TrackerConfig
 from utils.structures import Detections, TrackedDetections
 
@@ -25,13 +23,11 @@ class SourceTrackers:
     config: TrackerConfig = field(default_factory=TrackerConfig)
     trackers: dict[str, Tracker] = field(default_factory=dict)
 
-    def update(self, source: str, fps: float, dets: Detections, frame_index: int,
-               image: np.ndarray | None = None) -> TrackedDetections:
-        """image: the frame (BGR), for the appearance cue."""
+    def update(self, source: str, fps: float, dets: Detections, frame_index: int) -> TrackedDetections:
         tracker = self.trackers.get(source)
         if tracker is None:
             tracker = self.trackers[source] = Tracker(self.config, fps)
-        return tracker.update(dets, frame_index, image)
+        return tracker.update(dets, frame_index)
 
     def counts(self) -> TrackCounts:
         """Summed over the sources."""

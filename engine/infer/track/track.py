@@ -36,7 +36,6 @@ class Track:
     evidence: float = 0.0            # summed scores of those frames
     first_frame: int = 0
     mask: tuple[np.ndarray, tuple[int, int]] | None = None  # last mask cropped to its box, (x0, y0)
-    hist: np.ndarray | None = None   # running colour histogram of its clean views
 
     @classmethod
     def start(cls, box: np.ndarray, score: float, cls_: int, frame: int, noise: MotionNoise) -> "Track":

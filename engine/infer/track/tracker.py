@@ -2,14 +2,12 @@
 stages (confident detections first, then the weak ones against the tracks left, then recovery of
 lost tracks by motion-gated distance), tracks confirmed once enough evidence has piled up (or
 given back the id of a lost track their motion leads to), kept through a lost-track buffer
-measured in frames. Where boxes are ambiguous (objects crossing), motion and size consistency,
-the colours of the object (engine.infer.track.appearance) and, for segmentation models, the mask
-IoU decide. Given the frames, a track with a colour histogram also waits longer (reid_seconds)
-for a new track whose colours clearly match it alone, and gives it its id back.
+measured in frames. Where boxes are ambiguous (objects crossing), motion and size consistency
+and, for segmentation models, the mask IoU decide.
 
     tracker = Tracker(TrackerConfig(), fps=25.0)
-    for frame_index, (image, dets) in ...:        # Detections in original-image pixels
-        tracked = tracker.update(dets, frame_index, image)   # TrackedDetections with track_ids
+    for frame_index, dets in ...:                 # Detections in original-image pixels
+        tracked = tracker.update(dets, frame_index)   # TrackedDetections with track_ids
 """
 from __future__ import annotations
 
@@ -19,8 +17,6 @@ import numpy as np
 import torch
 
 import engine.infer.track.kalman as kalman
-from engine.infer.track.appearance import AppearanceConfig, clean_views, histograms
-from engine.infer.track.appearance import similarity as appearance_similarity
 from engine.infer.track.assign import assign
 from engine.infer.track.cues import (ambiguous_pairs, box_iou, class_agreement, crop_mask, shifted_mask_iou,
                                      vote_overlap)
@@ -50,12 +46,6 @@ class TrackerConfig:
     duplicate_iou: float = 0.7     # an unmatched box overlapping a matched one this much is its duplicate
     recover_gate: float = CHI2_95_4DOF  # largest motion distance for recovering a lost track
     noise: MotionNoise = field(default_factory=MotionNoise)
-    appearance: AppearanceConfig | None = field(default_factory=AppearanceConfig)  # None: motion and boxes only
-    appearance_weight: float = 0.5    # share of the appearance in the similarity of ambiguous pairs
-    clean_overlap: float = 0.1        # a detection covered more than this by another is no clean view
-    reid_seconds: float = 8.0         # lost tracks wait this long for a re-identification by appearance alone
-    reid_appearance: float = 0.85     # least colour similarity of such a re-identification
-    reid_margin: float = 0.05         # ... and by how much it beats the second-best lost track
 
 
 @dataclass
@@ -66,22 +56,11 @@ class FrameDetections:
     scores: np.ndarray     # (N,)
     classes: np.ndarray    # (N,) int
     masks: torch.Tensor | None
-    hists: np.ndarray | None = None   # (N,B) colour histograms, where the frame was given
-    clean: np.ndarray | None = None   # (N,) bool: not covered by another detection
 
     @classmethod
     def of(cls, dets: Detections) -> "FrameDetections":
         return cls(dets.boxes.detach().float().cpu().numpy().reshape(-1, 4), dets.scores.detach().float().cpu().numpy(),
                    dets.classes.detach().cpu().numpy().astype(np.int64), dets.masks)
-
-    def describe(self, image: np.ndarray, config: AppearanceConfig, keep: np.ndarray, clean_overlap: float) -> None:
-        """Histograms of the detections in `keep` (the others are never matched)."""
-        idx = np.nonzero(keep)[0]
-        masks = None if self.masks is None else [self.mask(int(k)) for k in idx]
-        self.hists = np.zeros((len(self.boxes), int(np.prod(config.bins))), np.float32)
-        self.hists[idx] = histograms(image, self.boxes[idx], config, masks)
-        self.clean = np.zeros(len(self.boxes), bool)
-        self.clean[idx] = clean_views(self.boxes[idx], clean_overlap)
 
     def mask(self, k: int) -> tuple[np.ndarray, tuple[int, int]] | None:
         if self.masks is None:
@@ -103,16 +82,13 @@ class Tracker:
 
     def __init__(self, config: TrackerConfig | None = None, fps: float = 30.0):
         self.config = config or TrackerConfig()
-        rate = fps if fps > 0 else 30.0
-        self.buffer = max(1, int(round(self.config.lost_seconds * rate)))
-        self.reid_buffer = max(self.buffer, int(round(self.config.reid_seconds * rate)))
+        self.buffer = max(1, int(round(self.config.lost_seconds * (fps if fps > 0 else 30.0))))
         self.tracks: list[Track] = []
         self.frame: int | None = None
         self.next_id = 1
         self.counts = TrackCounts()
 
-    def update(self, dets: Detections, frame: int, image: np.ndarray | None = None) -> TrackedDetections:
-        """dets: the frame's detections in its pixels; image: the frame (BGR), for the appearance cue."""
+    def update(self, dets: Detections, frame: int) -> TrackedDetections:
         if self.frame is not None and frame <= self.frame:
             raise ValueError(f"tracker: frame {frame} after frame {self.frame}; frames must come in increasing order")
         dt = 1 if self.frame is None else frame - self.frame
@@ -120,8 +96,6 @@ class Tracker:
         self._retire(frame)
         self._predict(dt)
         d = FrameDetections.of(dets)
-        if image is not None and self.config.appearance is not None:
-            d.describe(image, self.config.appearance, d.scores >= self.config.low_score, self.config.clean_overlap)
         matches = self._associate(d, dt)
         self._apply(d, matches, frame)
         seen = [(self.tracks[t], k) for t, k in matches.items()]
@@ -158,26 +132,8 @@ class Tracker:
             if d.masks is not None:
                 for i, j in zip(*np.nonzero(amb)):
                     sim[i, j] = self._blend_mask(sim[i, j], self.tracks[tracks[i]], d, int(dets[j]))
-            factor = self._appearance_factor(tracks, d, dets)
-            if factor is not None:
-                sim = np.where(amb, sim * factor, sim)
         agree = class_agreement([self.tracks[t].votes for t in tracks], d.classes[dets], cfg.class_share)
         return np.where(agree, sim, sim * cfg.class_penalty)
-
-    def _appearance(self, tracks: list[int], d: FrameDetections, dets: np.ndarray) -> np.ndarray | None:
-        """(T,D) colour similarity, 1 where a track has no histogram yet; None without the cue."""
-        if d.hists is None:
-            return None
-        out = np.ones((len(tracks), len(dets)))
-        known = [i for i, t in enumerate(tracks) if self.tracks[t].hist is not None]
-        if known:
-            out[known] = appearance_similarity(np.stack([self.tracks[tracks[i]].hist for i in known]), d.hists[dets])
-        return out
-
-    def _appearance_factor(self, tracks: list[int], d: FrameDetections, dets: np.ndarray) -> np.ndarray | None:
-        """(T,D) similarity factor from the colours: 1 - weight for no colour in common, 1 for the same."""
-        app = self._appearance(tracks, d, dets)
-        return None if app is None else _blend(app, self.config.appearance_weight)
 
     def _blend_mask(self, sim: float, track: Track, d: FrameDetections, k: int) -> float:
         if track.mask is None:
@@ -202,9 +158,6 @@ class Tracker:
         dist = kalman.gating_distance(mean, cov, kalman.xyxy_to_cxcywh(d.boxes[dets]), self.config.noise)
         same = class_agreement([self.tracks[t].votes for t in tracks], d.classes[dets], self.config.class_share)
         sim = np.where(same & (dist <= self.config.recover_gate), 1.0 / (1.0 + dist), 0.0)
-        factor = self._appearance_factor(tracks, d, dets)
-        if factor is not None:
-            sim = sim * factor
         return [(tracks[i], int(dets[j])) for i, j in assign(sim, 1e-9)]
 
     def _associate(self, d: FrameDetections, dt: int) -> dict[int, int]:
@@ -225,7 +178,7 @@ class Tracker:
         matches.update(self._match(by_overlap, d, high, cfg.match_iou))
         left, low = free(by_overlap, low)
         matches.update(self._match(left, d, low, cfg.low_match_iou))
-        left, high = free([t for t in confirmed if self.tracks[t].missed(self.frame) <= self.buffer + dt], high)
+        left, high = free(confirmed, high)
         matches.update(self._recover(left, d, high))
         # tentative tracks take what is left of the detections able to start one
         _, births = free([], np.nonzero(d.scores >= cfg.birth_score)[0])
@@ -238,20 +191,9 @@ class Tracker:
             self.tracks[t].take(d.boxes[k], float(d.scores[k]), int(d.classes[k]), frame, self.config.noise)
             if d.masks is not None:
                 self.tracks[t].mask = d.mask(k)
-            self._remember(self.tracks[t], d, k)
         for t, track in enumerate(self.tracks):
             if t not in matches:
                 track.miss()
-
-    def _remember(self, track: Track, d: FrameDetections, k: int) -> None:
-        """Fold a clean view of the object into its track's histogram (the first view in any case)."""
-        if d.hists is None:
-            return
-        if track.hist is None:
-            track.hist = d.hists[k].copy()
-        elif d.clean[k]:
-            m = self.config.appearance.momentum
-            track.hist = m * track.hist + (1 - m) * d.hists[k]
 
     def _start_tracks(self, d: FrameDetections, taken: set[int], frame: int, first: bool) -> list[tuple[Track, int]]:
         """Tentative tracks from the detections nobody took, except second boxes on an object
@@ -263,7 +205,6 @@ class Tracker:
                 continue
             track = Track.start(d.boxes[k], float(d.scores[k]), int(d.classes[k]), frame, cfg.noise)
             track.mask = d.mask(int(k))
-            self._remember(track, d, int(k))
             if first and d.scores[k] >= cfg.high_score:  # nothing to confirm against on a source's first frame
                 track.hits, track.evidence = cfg.confirm_hits, cfg.confirm_evidence
             self.tracks.append(track)
@@ -285,8 +226,7 @@ class Tracker:
     def _retire(self, frame: int) -> None:
         """Give up the tracks lost for longer than the buffer (before matching: a stream's gap
         can be longer than the buffer)."""
-        kept = [t for t in self.tracks if t.status != CONFIRMED
-                or t.missed(frame) <= (self.buffer if t.hist is None else self.reid_buffer)]
+        kept = [t for t in self.tracks if t.status != CONFIRMED or t.missed(frame) <= self.buffer]
         self.counts.ended += len(self.tracks) - len(kept)
         self.tracks = kept
 
@@ -322,24 +262,8 @@ class Tracker:
             return None
         dist = kalman.gating_distance(np.stack([t.mean for t in lost]), np.stack([t.cov for t in lost]),
                                       new.mean[None, :4], self.config.noise)[:, 0]
-        recent = np.array([t.missed(self.frame) <= self.buffer for t in lost])
-        cfg = self.config
-        if new.hist is not None and all(t.hist is not None for t in lost):
-            app = appearance_similarity(np.stack([t.hist for t in lost]), new.hist[None])[:, 0]
-            score = np.where(recent & (dist <= cfg.recover_gate), _blend(app, cfg.appearance_weight) / (1.0 + dist), 0.0)
-            best = int(np.argmax(score))
-            if score[best] > 0:
-                return lost[best]
-            order = np.argsort(-app)
-            second = app[order[1]] if len(order) > 1 else 0.0
-            if app[order[0]] >= cfg.reid_appearance and app[order[0]] - second >= cfg.reid_margin:
-                return lost[int(order[0])]
-            return None
-        ok = recent & (dist <= cfg.recover_gate)
-        if not ok.any():
-            return None
-        best = int(np.argmin(np.where(ok, dist, np.inf)))
-        return lost[best]
+        best = int(np.argmin(dist))
+        return lost[best] if dist[best] <= self.config.recover_gate else None
 
     def _output(self, dets: Detections, seen: list[tuple[Track, int]]) -> TrackedDetections:
         """The confirmed tracks seen in this frame, with the detection's box, score and mask."""
@@ -350,7 +274,3 @@ class Tracker:
             classes=torch.tensor([tr.cls for tr, _ in rows], dtype=torch.int64, device=dets.classes.device),
             masks=None if dets.masks is None else dets.masks[idx],
             track_ids=torch.tensor([tr.track_id for tr, _ in rows], dtype=torch.int64), frame=self.frame)
-
-
-def _blend(appearance: np.ndarray, weight: float) -> np.ndarray:
-    return (1 - weight) + weight * appearance
