@@ -6,6 +6,7 @@
     python detect.py --weights best.pt --source clip.mp4          # same fps and frame count out
     python detect.py --weights best.pt --source 0                 # webcam
     python detect.py --weights model.onnx --source rtsp://host/stream
+    python detect.py --weights best.pt --source clip.mp4 --track --conf-thres 0.1 --save-txt   # ids, MOT file
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from utils.cli_args import ArgumentParser, add_img_size, at_least, batch_size, d
 
 ROOT = Path(__file__).resolve().parent
 SAMPLES = ROOT / "datasets" / "coco-mini" / "images"
+TRACKERS = ("bytetrack",)  # engine.infer.track.TRACKERS' names (a test holds them equal), without importing it
 
 
 def build_parser() -> ArgumentParser:
@@ -50,6 +52,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--line-thickness", type=at_least(1), default=None)
     p.add_argument("--hide-labels", action="store_true")
     p.add_argument("--hide-conf", action="store_true")
+    p.add_argument("--track", action="store_true",
+                   help="persistent ids per video/stream/folder of frames; --save-txt writes MOT files "
+                        "(--conf-thres 0.1 gives the tracker its weak detections)")
+    p.add_argument("--tracker", choices=TRACKERS, default=None, help=f"with --track (default {TRACKERS[0]})")
     p.add_ignored("--data", instead="class names come from the checkpoint", nargs=1)
     p.add_ignored("--update", instead="checkpoints hold state_dicts only: nothing to strip")
     p.add_ignored("--dnn", instead="an .onnx model runs through onnxruntime")
@@ -74,6 +80,10 @@ def main(argv=None) -> int:
     from utils.errors import CheckpointError
     from utils.paths import newest
 
+    if args.tracker and not args.track:
+        print(f"detect.py: error: --tracker {args.tracker} goes with --track", file=sys.stderr)
+        return 2
+    args.tracker = args.tracker or TRACKERS[0]
     if not args.weights:
         found = newest("runs/train/*/weights/best.pt")
         if found is None:

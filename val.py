@@ -4,6 +4,7 @@
     python val.py --weights runs/train/exp/weights/best.pt --data cfg/data/coco.yaml
     python val.py --weights best.pt --task speed            # ms per image: pre-process, inference, NMS
     python val.py --ann-json instances_val2017.json --pred-json predictions.json   # no model, no torch
+    python val.py --task track --gt gt/gt.txt --tracks runs/detect/exp/tracks/clip.txt   # MOTA, IDF1, HOTA
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--conf-thres", type=number_in(0.0, 1.0), default=0.001)
     p.add_argument("--iou-thres", type=number_in(0.0, 1.0), default=0.65, help="NMS IoU")
     p.add_argument("--max-det", type=at_least(1), default=300)
-    p.add_argument("--task", choices=["val", "test", "speed"], default="val")
+    p.add_argument("--task", choices=["val", "test", "speed", "track"], default="val",
+                   help="track: score --tracks against --gt (MOT files), no model")
     p.add_argument("--device", type=device, default="", help="cpu or a CUDA index such as 0 (of a list, the first)")
     p.add_argument("--workers", type=at_least(0), default=4)
     p.add_argument("--half", action="store_true", help="FP16 on CUDA; OpenVINO models in bf16 where the CPU has it")
@@ -44,6 +46,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--exist-ok", action="store_true")
     p.add_argument("--ann-json", default="", help="score an existing results file against this COCO JSON")
     p.add_argument("--pred-json", default="", help="COCO results file to score (with --ann-json)")
+    p.add_argument("--gt", default="", help="--task track: MOT ground truth (frame,id,x,y,w,h,consider,class,visibility)")
+    p.add_argument("--tracks", default="", help="--task track: MOT tracker output, e.g. detect.py --track --save-txt's")
+    p.add_argument("--min-vis", type=number_in(0.0, 1.0), default=0.0,
+                   help="--task track: ground truth less visible than this is ignored")
     p.add_ignored("--save-conf", instead="--save-txt lines always end with the confidence")
     p.add_ignored("--dnn", instead="an .onnx model runs through onnxruntime")
     p.add_ignored("--no-trace", instead="models are never traced")
@@ -69,8 +75,25 @@ def score_files(ann_json: str, pred_json: str) -> int:
     return 0
 
 
+def score_tracks(gt: str, tracks: str, min_vis: float) -> int:
+    """--task track: MOT metrics of one tracker file against its ground truth (TrackEval)."""
+    from engine.eval.mot import MotFileError, evaluate, read_mot
+
+    try:
+        print(evaluate(read_mot(gt), read_mot(tracks), min_visibility=min_vis).table())
+    except MotFileError as e:
+        print(f"val.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.task == "track" or args.gt or args.tracks:
+        if not (args.task == "track" and args.gt and args.tracks):
+            print("val.py: error: --task track, --gt and --tracks go together", file=sys.stderr)
+            return 2
+        return score_tracks(args.gt, args.tracks, args.min_vis)
     if args.ann_json or args.pred_json:
         if not (args.ann_json and args.pred_json):
             print("val.py: error: --ann-json and --pred-json go together", file=sys.stderr)

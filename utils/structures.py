@@ -111,6 +111,19 @@ class Detections:
         return self.boxes.shape[0]
 
 
+@dataclass
+class TrackedDetections(Detections):
+    """One frame's tracked objects: Detections whose every row carries the identity of its track.
+
+    track_ids: int64 (N,), >= 1, stable for one object over a source's frames. classes: the
+    track's class (its majority over the frames seen), not the frame's own vote. frame: the
+    source's frame index (from 0).
+    """
+
+    track_ids: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    frame: int = 0
+
+
 class RawOutput(NamedTuple):
     """A model's eval output, as every backend of a raw (not end-to-end) export returns it.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -21,11 +21,11 @@ from engine.infer.pipeline import Behind, prefetch
 from engine.infer.sources import VIDEO_SUFFIXES, Frame, SkipReport, is_stream, open_source
 from utils.cli_args import round_to_stride
 from utils.io import atomic_write_text
-from utils.draw import draw
+from utils.draw import draw, draw_trails
 from utils.dist import select_device
 from utils.paths import new_run_dir
 from utils.postprocess import to_detections
-from utils.structures import Detections
+from utils.structures import Detections, TrackedDetections
 
 LOG = logging.getLogger("gradpath.detect")
 
@@ -57,6 +57,8 @@ class PredictOptions:
     line_thickness: int | None = None
     hide_labels: bool = False
     hide_conf: bool = False
+    track: bool = False          # persistent ids per source (engine.infer.track)
+    tracker: str = "bytetrack"
 
 
 @dataclass
@@ -69,26 +71,33 @@ class Writers:
     results: list[dict] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"images": 0, "frames": 0, "detections": 0})
 
-    def write(self, frame: Frame, dets: Detections) -> np.ndarray:
+    def write(self, frame: Frame, dets: Detections, trails: list | None = None) -> np.ndarray:
+        """Save one frame's outputs. Tracked detections are drawn with their ids and `trails`; their
+        txt goes to the source's MOT file (engine.infer.track.session), not to labels/."""
         opt = self.opt
         stem = Path(frame.path).stem
         name = f"{stem}_{frame.index}" if frame.is_video else stem
         self.counts["frames" if frame.is_video else "images"] += 1
         self.counts["detections"] += len(dets)
-        annotated = draw(frame.image, dets, self.names, opt.line_thickness, opt.hide_labels, opt.hide_conf)
+        ids = dets.track_ids.tolist() if isinstance(dets, TrackedDetections) else None
+        annotated = draw(frame.image, dets, self.names, opt.line_thickness, opt.hide_labels, opt.hide_conf, ids=ids)
+        if trails:
+            draw_trails(annotated, trails, opt.line_thickness)
         if not opt.nosave:
             if frame.is_video:
                 self._video(frame, annotated)
             else:
                 cv2.imwrite(str(self.save_dir / Path(frame.path).name), annotated)
-        if opt.save_txt:
+        if opt.save_txt and ids is None:
             self._txt(name, frame.image.shape[:2], dets)
         if opt.save_json:
             image_id = int(stem) if stem.isdigit() and not frame.is_video else name
-            self.results += [{**r, "file_name": Path(frame.path).name, "frame": frame.index}
-                             for r in to_coco_results(dets, 0, self.category_ids)]
-            for r in self.results[len(self.results) - len(dets):]:
-                r["image_id"] = image_id
+            index = frame.index if ids is None else dets.frame  # an image sequence's frames count up
+            rows = [{**r, "image_id": image_id, "file_name": Path(frame.path).name, "frame": index}
+                    for r in to_coco_results(dets, 0, self.category_ids)]
+            for r, tid in zip(rows, ids or []):
+                r["track_id"] = tid
+            self.results += rows
         if opt.save_crop:
             self._crops(name, frame.image, dets)
         return annotated
@@ -148,6 +157,10 @@ def mask_polygon(mask: np.ndarray) -> np.ndarray:
 class Predictor:
     def __init__(self, opt: PredictOptions):
         self.opt = opt
+        if opt.track:  # before the model loads: a source that is no sequence is refused at once
+            from engine.infer.track.session import check_sequence
+
+            check_sequence(opt.source)
         self.device = select_device(opt.device, several=True)
         configure_cuda(self.device, fixed_shapes=is_stream(opt.source) or Path(opt.source).suffix.lower() in VIDEO_SUFFIXES)
         self.backend = load_backend(opt.weights, self.device, opt.half, opt.compile)
@@ -195,16 +208,23 @@ class Predictor:
         thread, postprocessing, drawing and encoding behind it in another (in order), so the
         model is not kept waiting by I/O; with --view-img the windows are driven from this thread."""
         opt = self.opt
+        if opt.track:
+            from engine.infer.track.session import TrackingRun  # scipy only when tracking
         frames = open_source(opt.source, self.skips)  # raises SourceError before a run folder is made
         save_dir = new_run_dir(opt.project, opt.name, opt.exist_ok)
         writers = Writers(save_dir, opt, list(self.backend.meta.names), list(self.backend.meta.category_ids))
+        tracking = TrackingRun(opt.tracker, opt.source, save_dir if opt.save_txt else None) if opt.track else None
         t0 = time.perf_counter()
         bar = tqdm(desc="detect", unit="frame", bar_format="{l_bar}{n_fmt} [{elapsed}, {rate_fmt}]")
 
         def finish(item) -> None:
             batch, shape, rps, raw = item
             for frame, dets in zip(batch, self.postprocess(batch, shape, rps, raw)):
-                annotated = writers.write(frame, dets)
+                trails = None
+                if tracking:  # here, in the writer thread, every source's frames come in order
+                    dets = tracking.update(frame, dets)
+                    trails = tracking.trails(frame, dets)
+                annotated = writers.write(frame, dets, trails)
                 if opt.view_img:
                     cv2.imshow(frame.path, annotated)
                     cv2.waitKey(1)
@@ -228,9 +248,13 @@ class Predictor:
                 except Exception:  # noqa: BLE001 - the error already propagating is the one to report
                     pass
             writers.close()
+            mot_files = tracking.close() if tracking else []
             bar.close()
         summary = {**writers.counts, "skipped": len(self.skips.skipped), "save_dir": str(save_dir),
                    "seconds": time.perf_counter() - t0}
+        if tracking:
+            summary["tracks"] = asdict(tracking.counts())
+            LOG.info("%s%s", tracking.summary(), f"; MOT files in {save_dir / 'tracks'}" if mot_files else "")
         if self.skips.skipped:
             LOG.warning("%s", self.skips)
         LOG.info("%d images, %d video frames, %d detections, %d skipped in %.1fs. Results saved to %s",

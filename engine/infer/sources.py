@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -44,13 +45,19 @@ class SkipReport:
         return f"{len(self.skipped)} skipped: " + "; ".join(f"{p} ({why})" for p, why in self.skipped)
 
 
+def frame_order(path: Path) -> list:
+    """Sort key of a folder's or glob's files: numbers in names compare as numbers, so the frames
+    of a sequence named 1.png ... 10.png come in order, as zero-padded names do."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
 def expand(source: str) -> list[Path]:
     """Files a non-stream source names: a file, a folder, a glob, or a .txt list of paths."""
     p = Path(source)
     if any(ch in source for ch in "*?["):
-        files = [Path(f) for f in sorted(glob.glob(source, recursive=True))]
+        files = sorted((Path(f) for f in glob.glob(source, recursive=True)), key=frame_order)
     elif p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file())
+        files = sorted((f for f in p.iterdir() if f.is_file()), key=frame_order)
     elif p.is_file() and p.suffix.lower() == ".txt":
         files = [Path(line.strip()) for line in p.read_text().splitlines() if line.strip()]
     elif p.is_file():

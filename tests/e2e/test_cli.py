@@ -70,7 +70,8 @@ SPEC = {
         "--img-size": one_or_two_sizes,
         **dict.fromkeys("--conf-thres --iou-thres".split(), float),
         **dict.fromkeys("--save-json --save-txt --verbose".split(), "switch"),
-        "--task": lambda a: set(a.choices) == {"val", "test", "speed"} and a.default == "val",
+        "--task": lambda a: set(a.choices) == {"val", "test", "speed", "track"} and a.default == "val",
+        **dict.fromkeys("--gt --tracks".split(), str),
     },
     "detect.py": {
         **dict.fromkeys("--weights --source --project --name".split(), str),
@@ -79,6 +80,8 @@ SPEC = {
         **dict.fromkeys("--conf-thres --iou-thres".split(), float),
         **dict.fromkeys("--save-txt --save-json --view-img --nosave".split(), "switch"),
         "--classes": lambda a: a.nargs == "+" and a.type("2") == 2 and a.default is None,
+        "--track": "switch",
+        "--tracker": lambda a: "bytetrack" in a.choices and a.default is None,  # None: not given (bytetrack)
     },
     "export.py": {
         "--weights": lambda a: a.required and a.type is None,
@@ -177,7 +180,7 @@ def test_a_detect_command_line_parses_to_its_values():
 
 
 @pytest.mark.parametrize("script, argv, message", [
-    ("val.py", ["--task", "train"], "argument --task: invalid choice: 'train' (choose from 'val', 'test', 'speed')"),
+    ("val.py", ["--task", "train"], "argument --task: invalid choice: 'train' (choose from 'val', 'test', 'speed', 'track')"),
     ("train.py", ["--optimizer", "Lion"],
      "argument --optimizer: invalid choice: 'Lion' (choose from 'SGD', 'Adam', 'AdamW')"),
     ("detect.py", ["--max-det", "many"], "argument --max-det: invalid int value: 'many'"),
