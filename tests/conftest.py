@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,18 @@ def require_shared(path: Path, what: str) -> Path:
     if os.environ.get("GRADPATH_REQUIRE_SHARED") == "1":
         pytest.fail(f"GRADPATH_REQUIRE_SHARED=1: {message}", pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _sigchld_restored():
+    """A test that iterates a DataLoader with workers leaves torch's SIGCHLD handler installed for
+    the rest of the process; with OpenVINO loaded by an earlier test, the next child process to exit
+    (any subprocess.run) then crashes the test process in that handler. Each test gets back the
+    handler it started with, so what one test's loaders install ends with it."""
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    if signal.getsignal(signal.SIGCHLD) is not before:
+        signal.signal(signal.SIGCHLD, before)
 
 
 @pytest.fixture(scope="session")
