@@ -13,7 +13,8 @@ inference_mode), on zeros at the given size: what a deployed network costs befor
 decoding. Each point is the median of --runs timed runs after --warmup untimed ones.
 
 With --backends: each --models entry (a cfg name, random weights, or a .pt checkpoint) exported
-once by export.py (static 640, batch 1; INT8 by NNCF calibrated on --calib-data), then timed at
+once by export.py (static 640, batch 1; INT8 by NNCF calibrated on --calib-data), then timed, each
+backend in a fresh process as a deployment runs it, at
 batch 1 on the CPU on --image: end to end per image (read, letterbox, model, NMS, masks in
 original pixels: detect.py's path without drawing) and the model call alone; box/mask AP of each
 trained model's formats on --ap-data (coco_dev32's 32 images). With --ref-python, Ultralytics'
@@ -51,44 +52,65 @@ DEFAULT_MODELS = ["gp-n-seg", str(SHARED / "official/yolov5n.pt"), "yolor-elan-s
 
 
 def backend_table(args: argparse.Namespace) -> None:
-    """--backends: the deployment table (markdown), then the ratios against Ultralytics."""
+    """--backends: the deployment table (markdown), then the ratios against Ultralytics. Every
+    file is timed in its own fresh process, --rounds times, ours and Ultralytics' interleaved
+    (each round times every file once); the table holds the medians over the rounds (shared
+    2-core machines swing by half from one minute to the next: one round compares little)."""
+    import statistics
     import tempfile
 
-    from benchmarks.harness.deploy import export_backends, merged_coco_val, reduced, time_backend, ultralytics_latency
+    from benchmarks.harness.deploy import (export_backends, merged_coco_val, reduced, time_backend_isolated,
+                                           ultralytics_latency, ultralytics_latency_isolated)
 
     torch.manual_seed(0)
     work = Path(args.work or tempfile.mkdtemp(prefix="inference_backends_"))
     ap_data = merged_coco_val(Path(args.ap_data), work / "ap") if args.ap_data and Path(args.ap_data).is_dir() else None
     print(f"# CPU, {torch.get_num_threads()} torch threads, batch 1, {args.img_size}, {args.image}; median of "
-          f"{args.runs} runs after {args.warmup}; ms per image; box/mask AP on {args.ap_data or 'no AP set'}")
-    ref = {}
+          f"{args.runs} runs after {args.warmup}, in a fresh process per file, median over {args.rounds} interleaved "
+          f"rounds; ms per image; box/mask AP on {args.ap_data or 'no AP set'}")
+    ref_shared, ref_dir = {}, work / "ultralytics"
     if args.ref_python:
-        try:
-            ref = ultralytics_latency(args.ref_python, Path(args.ref_script), Path(args.image), args.ref_data,
-                                      args.runs, work / "ultralytics")
+        try:  # its script exports and times every format in one process (figures kept for the record)
+            ref_shared = ultralytics_latency(args.ref_python, Path(args.ref_script), Path(args.image), args.ref_data,
+                                             args.runs, ref_dir)
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
             print(f"# Ultralytics reference failed: {e}")
-    print("| model | backend | input | end to end ms | model ms | detections | box AP | mask AP |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    ours = {}
+    files = []  # (stem, backend, path, trained)
     for entry in args.models:
         src, trained = model_checkpoint(entry, work, args.img_size)
-        files = export_backends(src, tuple(args.backends), work / src.stem, args.img_size, args.calib_data,
-                                args.calib_fraction)
-        for name, path in files.items():
-            t = time_backend(name, path, Path(args.image), args.img_size, args.warmup, args.runs)
-            ours[(src.stem, name)] = t.e2e_ms
-            box, mask = ap_cells(path, ap_data, args.img_size, reduced(name)) if trained and ap_data else ("untrained", "")
-            print(f"| {src.stem} | {name} | {t.input_shape[0]}x{t.input_shape[1]} | {t.e2e_ms:.1f} | {t.model_ms:.1f} | "
-                  f"{t.detections} | {box} | {mask} |", flush=True)
-    for name, ms in ref.items():
-        print(f"| yolov8n-seg (Ultralytics) | {REF_NAMES.get(name, name)} | its predictor's | {ms:.1f} | | | "
+        exported = export_backends(src, tuple(args.backends), work / src.stem, args.img_size, args.calib_data,
+                                   args.calib_fraction)
+        files += [(src.stem, name, path, trained) for name, path in exported.items()]
+    ours, ref = {}, {}
+    for _ in range(args.rounds):
+        for stem, name, path, _trained in files:
+            ours.setdefault((stem, name), []).append(
+                time_backend_isolated(name, path, Path(args.image), args.img_size, args.warmup, args.runs))
+        if ref_shared:
+            for name, ms in ultralytics_latency_isolated(args.ref_python, ref_dir, Path(args.image), args.runs,
+                                                         args.warmup).items():
+                ref.setdefault(name, []).append(ms)
+    print("| model | backend | input | end to end ms | model ms | detections | box AP | mask AP |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    e2e = {}
+    for stem, name, path, trained in files:
+        ts = ours[(stem, name)]
+        e2e[(stem, name)] = statistics.median(t.e2e_ms for t in ts)
+        model_ms = statistics.median(t.model_ms for t in ts)
+        box, mask = ap_cells(path, ap_data, args.img_size, reduced(name)) if trained and ap_data else ("untrained", "")
+        print(f"| {stem} | {name} | {ts[0].input_shape[0]}x{ts[0].input_shape[1]} | {e2e[(stem, name)]:.1f} | "
+              f"{model_ms:.1f} | {ts[0].detections} | {box} | {mask} |", flush=True)
+    theirs = {name: statistics.median(v) for name, v in ref.items()}
+    for name, ms in theirs.items():
+        shared = f" ({ref_shared[name]:.1f} in its export script's process)" if name in ref_shared else ""
+        print(f"| yolov8n-seg (Ultralytics) | {REF_NAMES.get(name, name)} | its predictor's | {ms:.1f}{shared} | | | "
               f"untrained | |")
-    for (stem, name), ms in ours.items():
-        theirs = ref.get(REF_OF.get(name, name))
-        if stem == "gp-n-seg" and theirs:
+    for (stem, name), ms in e2e.items():
+        other = theirs.get(REF_OF.get(name, name))
+        if stem == "gp-n-seg" and other:
+            rounds = [f"{r / o.e2e_ms:.2f}" for r, o in zip(ref[REF_OF.get(name, name)], ours[(stem, name)])]
             print(f"# gp-n-seg {name} vs yolov8n-seg {REF_OF.get(name, name)} (Ultralytics), end to end: {ms:.1f} vs "
-                  f"{theirs:.1f} ms (x{theirs / ms:.2f})")
+                  f"{other:.1f} ms (x{other / ms:.2f}; round by round x{', x'.join(rounds)})")
 
 
 REF_NAMES = {"onnx": "onnxruntime"}  # the reference script's row names that differ from ours
@@ -141,6 +163,7 @@ def main() -> None:
     ap.add_argument("--ref-script", default=str(SHARED / "bench/ultralytics_export_latency.py"))
     ap.add_argument("--ref-data", default=None, help="--backends: the reference's INT8 calibration YAML "
                     "(Ultralytics' format, absolute path), e.g. coco8-seg.yaml")
+    ap.add_argument("--rounds", type=int, default=3, help="--backends: interleaved timing rounds (median taken)")
     ap.add_argument("--work", default=None, help="--backends: folder for the exports (default: a temporary one)")
     args = ap.parse_args()
     device = select_device(args.device)

@@ -69,6 +69,16 @@ def elementwise_threads(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def leave_cpu_to_runtime(device: torch.device) -> None:
+    """torch on one thread in a process whose model runs in ONNX Runtime or OpenVINO on the CPU:
+    torch then only letterboxes and postprocesses, and its pool, woken for those few ms, kept
+    spinning into the runtime's call and took its cores (gp-n-seg OpenVINO INT8 end to end on
+    2 cores: 27-28 ms a frame with one torch thread, 29-41 ms with two). Process-wide, as the
+    runtime's own pool is."""
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+
+
 def configure_cuda(device: torch.device, fixed_shapes: bool) -> dict[str, object]:
     """cuDNN autotuning when every batch has the same shape (it re-tunes for each new shape), and
     TF32 matmuls and convolutions on Ampere and newer. Process-wide torch switches; returns what

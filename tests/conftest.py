@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import torch
 
 if TYPE_CHECKING:  # the fixtures' annotations name it (tests/call_check.py reads them); imported where used
     from engine.train.trainer import Trainer
@@ -47,6 +48,16 @@ def _sigchld_restored():
     yield
     if signal.getsignal(signal.SIGCHLD) is not before:
         signal.signal(signal.SIGCHLD, before)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Loading an ONNX Runtime or OpenVINO backend on the CPU puts torch on one thread for the
+    process (engine.device.leave_cpu_to_runtime); the tests after it get theirs back."""
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ def decode_masks(coef: Tensor, proto: Tensor, boxes_input: Tensor, input_shape: 
     if n == 0:
         return torch.zeros((0, h0, w0), dtype=torch.bool, device=coef.device)
     nm, ph, pw = proto.shape
-    logits = (coef.float() @ proto.float().view(nm, -1)).view(n, ph, pw)
+    logits = (coef.float() @ proto.float().reshape(nm, -1)).view(n, ph, pw)  # a view too for channels-last protos
     ih, iw = input_shape
     gx, gy = pw / iw, ph / ih
     (sx, sy), (px, py) = ratio_pad

@@ -83,6 +83,28 @@ def time_backend(name: str, weights: Path, image: Path, img_size: int, warmup: i
     return Timing(name, tuple(x.shape[-2:]), 1000 * statistics.median(times), model_ms, len(dets))
 
 
+def time_backend_isolated(name: str, weights: Path, image: Path, img_size: int, warmup: int, runs: int,
+                          timeout: float = 1800) -> Timing:
+    """time_backend in a fresh process, as a deployment runs one model: timed in the process
+    that had exported, quantized and timed the other formats, the OpenVINO rows came out 20-40%
+    slower (their threads competing with the pools those left behind)."""
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import json, sys; from dataclasses import asdict; from pathlib import Path; "
+            "from benchmarks.harness.deploy import time_backend; "
+            "t = time_backend(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), *map(int, sys.argv[4:7])); "
+            "print('TIMING ' + json.dumps(asdict(t)))")
+    done = subprocess.run([sys.executable, "-c", code, name, str(weights), str(image), str(img_size), str(warmup),
+                           str(runs)], cwd=root, capture_output=True, text=True, timeout=timeout)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("TIMING ")), None)
+    if done.returncode or line is None:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"timing {name} ({weights}) failed: {tail}")
+    t = json.loads(line[len("TIMING "):])
+    return Timing(t["backend"], tuple(t["input_shape"]), t["e2e_ms"], t["model_ms"], t["detections"])
+
+
 def box_mask_ap(weights: Path, data: Path, img_size: int, half: bool = False) -> tuple[float, float | None]:
     """val.py's (box AP, mask AP or None) of any format at its defaults (rectangular batches of
     32, square ones for a static export; half: OpenVINO at the CPU's own precision)."""
@@ -130,3 +152,30 @@ def ultralytics_latency(python: str, script: Path, image: Path, data: str, runs:
         tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"{script.name} exited {r.returncode}: {tail[0]}")
     return found
+
+
+# the files ultralytics_export_latency.py leaves in its workdir, by its row names
+REF_FILES = {"pytorch": "bench_model.pt", "onnx": "bench_model.onnx", "openvino": "bench_model_openvino_model",
+             "openvino-int8": "bench_model_int8_openvino_model"}
+
+
+def ultralytics_latency_isolated(python: str, workdir: Path, image: Path, runs: int, warmup: int,
+                                 timeout: float = 1800) -> dict[str, float]:
+    """{format: end-to-end ms} of the exports ultralytics_latency left in workdir, each timed in
+    a fresh process by benchmarks/ultralytics_predict_latency.py (the reference script times
+    them all in the process that exported them; ours are timed one per process)."""
+    script = Path(__file__).resolve().parents[1] / "ultralytics_predict_latency.py"
+    env = {**os.environ, "YOLO_AUTOINSTALL": "false", "YOLO_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    out = {}
+    for name, file in REF_FILES.items():
+        if not (workdir / file).exists():
+            continue
+        r = subprocess.run([python, str(script), file, str(image), str(runs), str(warmup)], cwd=workdir, env=env,
+                           capture_output=True, text=True, timeout=timeout)
+        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if r.returncode or line is None:
+            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"{script.name} {file} exited {r.returncode}: {tail[0]}")
+        out[name] = json.loads(line[len("RESULT "):])["e2e_ms"]
+    return out

@@ -24,12 +24,26 @@ def ignored_patterns(head_index: int) -> list[str]:
     return [h + r"(?!proto/)(?!(box|cls|coef)\.\d+\.[01]/)", r"^/(?!model/|layers\.)"]
 
 
+PROTO_LAYOUT = "proto_layout"  # rt_info key: "nhwc" where the protos output is channels-last
+
+
 def to_openvino(onnx_path: Path, meta: ModelMeta):
-    """The ov.Model of an ONNX file, with the metadata in its rt_info."""
+    """The ov.Model of an ONNX file, with the metadata in its rt_info. A raw graph's protos
+    leave it channels-last, the layout the CPU plugin computes them in: handing them out
+    channels-first cost a reference reorder of 32x160x160 values per image, 3.5-5 ms of a
+    25-45 ms gp-n-seg call (benchmarks/inference.py); the backend views them back."""
     import openvino as ov
+    from openvino.preprocess import PrePostProcessor
 
     model = ov.convert_model(str(onnx_path))
-    for k, v in meta.to_strings().items():
+    strings = meta.to_strings()
+    if not meta.end2end and any("protos" in o.get_names() for o in model.outputs):
+        ppp = PrePostProcessor(model)
+        ppp.output("protos").model().set_layout(ov.Layout("NCHW"))
+        ppp.output("protos").tensor().set_layout(ov.Layout("NHWC"))
+        model = ppp.build()
+        strings[PROTO_LAYOUT] = "nhwc"
+    for k, v in strings.items():
         model.set_rt_info(v, ["gradpath", k])
     return model
 

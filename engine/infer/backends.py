@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from engine.checkpoint import ModelMeta
-from engine.device import compile_model, memory_format
+from engine.device import compile_model, leave_cpu_to_runtime, memory_format
 from utils.errors import CheckpointError
 from utils.structures import End2EndOutput, RawOutput
 
@@ -107,12 +107,21 @@ class OnnxBackend(Backend):
         super().__init__(device)
         path = existing_file(path, "ONNX file")
         cuda = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        options = ort.SessionOptions()
+        # onnxruntime's threads spin-wait after each run by default, taking the cores from the
+        # decoding, letterboxing and NMS that run between calls (on 2 cores: 74-96 ms per image
+        # end to end with spinning, 66-80 without; benchmarks/inference.py)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), providers=(["CUDAExecutionProvider"] if cuda else [])
+            self.session = ort.InferenceSession(str(path), sess_options=options,
+                                                providers=(["CUDAExecutionProvider"] if cuda else [])
                                                 + ["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for every kind of bad file
             raise CheckpointError(f"--weights {path}: not a readable ONNX model (truncated or corrupt?): "
                                   f"{first_line(e)}") from None
+        if not cuda:
+            leave_cpu_to_runtime(device)
         self.meta = ModelMeta.from_strings(self.session.get_modelmeta().custom_metadata_map, str(path))
         if not self.meta.task:  # the first export.py's files: raw outputs, protos when segmenting
             self.meta = replace(self.meta, task="segment" if len(self.session.get_outputs()) > 1 else "detect")
@@ -140,15 +149,27 @@ class OpenVinoBackend(Backend):
         except RuntimeError as e:
             raise CheckpointError(f"--weights {path}: not a readable OpenVINO model: {first_line(e)}") from None
         values = model.get_rt_info()["gradpath"] if model.has_rt_info(["gradpath"]) else {}
-        self.meta = ModelMeta.from_strings({k: v.astype(str) for k, v in values.items()}, str(path))
+        strings = {k: v.astype(str) for k, v in values.items()}
+        self.meta = ModelMeta.from_strings(strings, str(path))
+        self.nhwc_protos = strings.get("proto_layout") == "nhwc"  # engine.export.openvino.to_openvino
         self._shape([d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()])
         config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_PRECISION_HINT": precision} if precision != "auto" else {})}
         self.compiled = core.compile_model(model, "CPU", config)
+        leave_cpu_to_runtime(torch.device("cpu"))
         self.request = self.compiled.create_infer_request()
 
     def _run(self, x):
-        result = self.request.infer({0: x})
-        return [np.array(result[o]) for o in self.compiled.outputs]
+        # the input is read in place (it is not touched while the request runs); the outputs are
+        # the request's own copies (share_outputs=False): the next call cannot overwrite them
+        result = self.request.infer({0: x}, share_inputs=True, share_outputs=False)
+        return [result[o] for o in self.compiled.outputs]
+
+    def wrap(self, outs):
+        # (B, nm, h, w) as a view: a copy here (torch's threads waking beside OpenVINO's) cost
+        # 4 ms a call on 2 cores; decode_masks reads either layout without one
+        if self.nhwc_protos and len(outs) > 1:
+            outs = [outs[0], outs[1].permute(0, 3, 1, 2)]
+        return super().wrap(outs)
 
 
 def existing_file(path: str | Path, what: str) -> Path:

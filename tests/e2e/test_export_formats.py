@@ -86,9 +86,17 @@ def test_every_format_of_a_small_model_equals_pytorch(small, raw_files):
         assert (b.meta.img_size, b.meta.task, b.meta.end2end) == (SIZE, "segment", False)
         out = b(x)
         assert out.pred.shape == ref.pred.shape and out.proto.shape == ref.proto.shape
+        if e.format == "openvino":  # protos leave the IR channels-last, read back as (B, nm, h, w) views
+            assert b.nhwc_protos and b.compiled.outputs[1].get_partial_shape()[3].get_length() == out.proto.shape[1]
+            assert not out.proto.is_contiguous() and out.proto.permute(0, 2, 3, 1).is_contiguous()
+        if e.format in ("onnx", "openvino"):
+            assert torch.get_num_threads() == 1  # engine.device.leave_cpu_to_runtime: the cores are the runtime's
         if e.precision == "fp32":
             assert (out.pred - ref.pred).abs().max() <= 1e-4 * max(1.0, float(ref.pred.abs().max())), e.path
             assert (out.proto - ref.proto).abs().max() <= 1e-3, e.path
+            for r, g in zip(detections(ref_backend, x, orig, rps), detections(b, x, orig, rps)):
+                d = compare_detections(r, g)  # the masks too, decoded from the channels-last protos
+                assert d.n_ref > 0 and d.unmatched == 0 and d.masks and d.min_mask_iou >= 0.98, (e.path, d)
         else:  # INT8 runs and keeps most of PyTorch's detections
             for r, g in zip(detections(ref_backend, x, orig, rps), detections(b, x, orig, rps)):
                 d = compare_detections(r, g)
