@@ -34,13 +34,15 @@ class TrackerConfig:
     low_score: float = 0.1         # weaker ones are ignored
     birth_score: float = 0.3       # an unmatched detection this confident starts a tentative track
     confirm_hits: int = 3          # consecutive frames before a new track can get an id ...
-    confirm_evidence: float = 3.0  # ... and the summed scores of those frames
+    confirm_evidence: float = 2.5  # ... and the summed scores of those frames (3.0 kept objects seen at the
+                                   # usual 0.4-0.6 scores of a small detector out of the output ~6 frames)
     match_iou: float = 0.2         # least similarity of a match by overlap
     low_match_iou: float = 0.4     # the weak detections need a clearer overlap
     lost_seconds: float = 3.0      # how long a lost track can be found again
     lost_iou_frames: int = 10      # after this many missed frames, a lost track is found by motion only
     class_penalty: float = 0.5     # similarity factor when the detection's class is not one of the track's
     class_share: float = 0.2       # a class with this share of a track's votes is one of its classes
+    lost_class_overlap: float = 0.1  # least class overlap of a new track and the lost one whose id it takes
     mask_weight: float = 0.5       # share of mask IoU in the similarity of ambiguous pairs
     ambiguous_iou: float = 0.3     # a box overlapping two candidates this much is ambiguous
     duplicate_iou: float = 0.7     # an unmatched box overlapping a matched one this much is its duplicate
@@ -255,9 +257,11 @@ class Tracker:
 
     def _lost_match(self, new: Track) -> Track | None:
         """The lost track (unseen since before `new` began, sharing its classes) nearest to `new`
-        by its predicted motion, within the recovery gate."""
+        by its predicted motion, within the recovery gate. The class test is looser than
+        class_share: a new track's few frames often carry the class the detector gives the object
+        less often (a partly hidden object flickers between two), and the motion gate still decides."""
         lost = [t for t in self.tracks if t.status == CONFIRMED and t.hits == 0 and t.last.frame < new.first_frame
-                and vote_overlap(t.votes, new.votes) >= self.config.class_share]
+                and vote_overlap(t.votes, new.votes) >= self.config.lost_class_overlap]
         if not lost:
             return None
         dist = kalman.gating_distance(np.stack([t.mean for t in lost]), np.stack([t.cov for t in lost]),
