@@ -193,7 +193,7 @@ def test_a_lost_track_keeps_its_id_when_the_class_flickers():
     assert {tuple(i) for i in strict[40:] if i} == {(2,)}
 
 
-@pytest.mark.parametrize("score, first_output", [(0.9, 2), (0.5, 4)])
+@pytest.mark.parametrize("score, first_output", [(1.0, 2), (0.9, 3), (0.5, 5)])
 def test_a_new_track_needs_hits_and_evidence(score, first_output):
     """Not on the first frame (that one confirms at once): a new object needs confirm_hits frames
     and confirm_evidence of summed scores before it is output."""
@@ -203,4 +203,4 @@ def test_a_new_track_needs_hits_and_evidence(score, first_output):
     for f in range(1, 10):
         out = tracker.update(_box_dets([[0.0, 0.0, 20.0, 20.0], [200.0, 100.0, 260.0, 200.0]], [0.9, score], [0, 0]), f)
         seen.append(len(out) == 2)
-    assert seen.index(True) == first_output  # 3 frames (hits) at 0.9; 5 frames (2.5 of evidence) at 0.5
+    assert seen.index(True) == first_output  # 3 frames (hits) at 1.0; 4 at 0.9, 6 at 0.5 (3.0 of evidence)

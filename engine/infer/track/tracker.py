@@ -34,8 +34,7 @@ class TrackerConfig:
     low_score: float = 0.1         # weaker ones are ignored
     birth_score: float = 0.3       # an unmatched detection this confident starts a tentative track
     confirm_hits: int = 3          # consecutive frames before a new track can get an id ...
-    confirm_evidence: float = 2.5  # ... and the summed scores of those frames (3.0 kept objects seen at the
-                                   # usual 0.4-0.6 scores of a small detector out of the output ~6 frames)
+    confirm_evidence: float = 3.0  # ... and the summed scores of those frames
     match_iou: float = 0.2         # least similarity of a match by overlap
     low_match_iou: float = 0.4     # the weak detections need a clearer overlap
     lost_seconds: float = 3.0      # how long a lost track can be found again
