@@ -161,3 +161,46 @@ def test_each_source_keeps_its_own_tracks(sequence):
     assert both.counts().started == both.trackers["cam0"].counts.started + both.trackers["cam1"].counts.started
     with pytest.raises(ValueError, match="--tracker nope: unknown tracker"):
         tracker_config("nope")
+
+
+def _box_dets(boxes: list[list[float]], scores: list[float], classes: list[int]) -> Detections:
+    return Detections(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(scores),
+                      torch.tensor(classes, dtype=torch.int64))
+
+
+def _flicker_run(config: TrackerConfig) -> list[list[int]]:
+    """One object moving right at 4 px/frame. The detector calls it class 16, every 6th frame 19
+    (19 gets ~15 % of its votes), loses it for 15 frames (longer than lost_iou_frames: it is
+    found by motion only), then sees it again as class 19 only. Track ids per frame."""
+    tracker, ids = Tracker(config, fps=25.0), []
+    for f in range(60):
+        box = [100.0 + 4 * f, 100.0, 160.0 + 4 * f, 200.0]
+        if 25 <= f < 40:
+            dets = _box_dets([], [], [])
+        else:
+            dets = _box_dets([box], [0.9], [19 if f >= 40 or f % 6 == 5 else 16])
+        ids.append(tracker.update(dets, f).track_ids.tolist())
+    return ids
+
+
+def test_a_lost_track_keeps_its_id_when_the_class_flickers():
+    ids = _flicker_run(TrackerConfig())
+    assert ids[24] == [1]
+    assert all(i == [] for i in ids[25:40])
+    assert {tuple(i) for i in ids[40:] if i} == {(1,)}  # the same id again, not a second object
+    # the stricter class test (class_share, what the tracker had) gives it a new id instead
+    strict = _flicker_run(TrackerConfig(lost_class_overlap=TrackerConfig().class_share))
+    assert {tuple(i) for i in strict[40:] if i} == {(2,)}
+
+
+@pytest.mark.parametrize("score, first_output", [(1.0, 2), (0.9, 3), (0.5, 5)])
+def test_a_new_track_needs_hits_and_evidence(score, first_output):
+    """Not on the first frame (that one confirms at once): a new object needs confirm_hits frames
+    and confirm_evidence of summed scores before it is output."""
+    tracker = Tracker(fps=25.0)
+    tracker.update(_box_dets([[0.0, 0.0, 20.0, 20.0]], [0.9], [0]), 0)  # an object in the first frame
+    seen = []
+    for f in range(1, 10):
+        out = tracker.update(_box_dets([[0.0, 0.0, 20.0, 20.0], [200.0, 100.0, 260.0, 200.0]], [0.9, score], [0, 0]), f)
+        seen.append(len(out) == 2)
+    assert seen.index(True) == first_output  # 3 frames (hits) at 1.0; 4 at 0.9, 6 at 0.5 (3.0 of evidence)

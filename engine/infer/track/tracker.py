@@ -41,6 +41,7 @@ class TrackerConfig:
     lost_iou_frames: int = 10      # after this many missed frames, a lost track is found by motion only
     class_penalty: float = 0.5     # similarity factor when the detection's class is not one of the track's
     class_share: float = 0.2       # a class with this share of a track's votes is one of its classes
+    lost_class_overlap: float = 0.1  # least class overlap of a new track and the lost one whose id it takes
     mask_weight: float = 0.5       # share of mask IoU in the similarity of ambiguous pairs
     ambiguous_iou: float = 0.3     # a box overlapping two candidates this much is ambiguous
     duplicate_iou: float = 0.7     # an unmatched box overlapping a matched one this much is its duplicate
@@ -255,9 +256,11 @@ class Tracker:
 
     def _lost_match(self, new: Track) -> Track | None:
         """The lost track (unseen since before `new` began, sharing its classes) nearest to `new`
-        by its predicted motion, within the recovery gate."""
+        by its predicted motion, within the recovery gate. The class test is looser than
+        class_share: a new track's few frames often carry the class the detector gives the object
+        less often (a partly hidden object flickers between two), and the motion gate still decides."""
         lost = [t for t in self.tracks if t.status == CONFIRMED and t.hits == 0 and t.last.frame < new.first_frame
-                and vote_overlap(t.votes, new.votes) >= self.config.class_share]
+                and vote_overlap(t.votes, new.votes) >= self.config.lost_class_overlap]
         if not lost:
             return None
         dist = kalman.gating_distance(np.stack([t.mean for t in lost]), np.stack([t.cov for t in lost]),
