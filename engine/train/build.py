@@ -19,7 +19,7 @@ from data.loader import build_dataloader
 from engine.checkpoint import load_state_dict_checked, read_weights
 from engine.class_carryover import transfer_with_classes
 from engine.config import DEFAULT_CFG, RunConfig, TrainOptions
-from engine.device import amp_precision, compile_model, configure_cuda, memory_format
+from engine.device import amp_precision, compile_model, configure_cuda, memory_format, reuse_freed_memory
 from engine.train.ema import ModelEMA
 from engine.train.freeze import FreezeHook, freeze, frozen_layers, frozen_norms
 from engine.train.hooks import CheckpointHook, EMAHook, EvalHook, GradNormHook, Hook, PlotHook, ResultsHook
@@ -92,6 +92,8 @@ def build_trainer(opt: TrainOptions, train_loader=None) -> Trainer:
     (benchmarks/finetune_official_loader.py trains on batches another loader made)."""
     dist = dist_info_from_env()
     device = select_device(opt.device, dist)
+    if reuse_freed_memory(device):
+        LOG.debug("CPU training: freed memory kept for reuse (engine.device.reuse_freed_memory)")
     init_distributed(dist, device)
     config, data_cfg, resume = run_config(opt)
     opt, hyp = config.options, config.hyp
