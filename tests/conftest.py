@@ -50,14 +50,17 @@ def _sigchld_restored():
         signal.signal(signal.SIGCHLD, before)
 
 
+TORCH_THREADS = torch.get_num_threads()  # the session's, before any test ran
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads_restored():
     """Loading an ONNX Runtime or OpenVINO backend on the CPU puts torch on one thread for the
-    process (engine.device.leave_cpu_to_runtime); the tests after it get theirs back."""
-    before = torch.get_num_threads()
+    process (engine.device.leave_cpu_to_runtime); every test after it gets the session's count
+    back (not the count its own setup left: a module fixture that loads a backend runs first)."""
     yield
-    if torch.get_num_threads() != before:
-        torch.set_num_threads(before)
+    if torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
 
 
 @pytest.fixture(scope="session")
