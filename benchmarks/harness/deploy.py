@@ -83,6 +83,24 @@ def time_backend(name: str, weights: Path, image: Path, img_size: int, warmup: i
     return Timing(name, tuple(x.shape[-2:]), 1000 * statistics.median(times), model_ms, len(dets))
 
 
+def run_json_line(cmd: list[str], tag: str, what: str, timeout: float, **kw) -> dict:
+    """Run a child process and return the JSON after `tag` on its stdout, or a one-line
+    RuntimeError naming `what` and the child's last line of output."""
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith(tag)), None)
+    if done.returncode or line is None:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{what} exited {done.returncode}: {tail[0]}")
+    return json.loads(line[len(tag):])
+
+
+def reference_env() -> dict[str, str]:
+    """The environment of a reference-venv child: offline, nothing of gradpath on its path."""
+    env = {**os.environ, "YOLO_AUTOINSTALL": "false", "YOLO_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
 def time_backend_isolated(name: str, weights: Path, image: Path, img_size: int, warmup: int, runs: int,
                           timeout: float = 1800) -> Timing:
     """time_backend in a fresh process, as a deployment runs one model: timed in the process
@@ -90,18 +108,13 @@ def time_backend_isolated(name: str, weights: Path, image: Path, img_size: int, 
     slower (their threads competing with the pools those left behind)."""
     import sys
 
-    root = Path(__file__).resolve().parents[2]
     code = ("import json, sys; from dataclasses import asdict; from pathlib import Path; "
             "from benchmarks.harness.deploy import time_backend; "
             "t = time_backend(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), *map(int, sys.argv[4:7])); "
             "print('TIMING ' + json.dumps(asdict(t)))")
-    done = subprocess.run([sys.executable, "-c", code, name, str(weights), str(image), str(img_size), str(warmup),
-                           str(runs)], cwd=root, capture_output=True, text=True, timeout=timeout)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("TIMING ")), None)
-    if done.returncode or line is None:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"timing {name} ({weights}) failed: {tail}")
-    t = json.loads(line[len("TIMING "):])
+    t = run_json_line([sys.executable, "-c", code, name, str(weights), str(image), str(img_size), str(warmup),
+                       str(runs)], "TIMING ", f"timing {name} ({weights})", timeout,
+                      cwd=Path(__file__).resolve().parents[2])
     return Timing(t["backend"], tuple(t["input_shape"]), t["e2e_ms"], t["model_ms"], t["detections"])
 
 
@@ -143,10 +156,8 @@ def ultralytics_latency(python: str, script: Path, image: Path, data: str, runs:
     batch 1, its predictor), from the reference script run in the reference venv (workdir gets
     its exports)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "YOLO_AUTOINSTALL": "false", "YOLO_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)  # nothing of gradpath on the reference side
     r = subprocess.run([python, str(script), "yolov8n-seg.yaml", str(image), "--data", data, "--runs", str(runs)],
-                       cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+                       cwd=workdir, env=reference_env(), capture_output=True, text=True, timeout=timeout)
     found = {m.group(1): float(m.group(2)) for m in REF_LINE.finditer(r.stdout)}
     if r.returncode != 0 or not found:
         tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -165,17 +176,6 @@ def ultralytics_latency_isolated(python: str, workdir: Path, image: Path, runs: 
     a fresh process by benchmarks/ultralytics_predict_latency.py (the reference script times
     them all in the process that exported them; ours are timed one per process)."""
     script = Path(__file__).resolve().parents[1] / "ultralytics_predict_latency.py"
-    env = {**os.environ, "YOLO_AUTOINSTALL": "false", "YOLO_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    out = {}
-    for name, file in REF_FILES.items():
-        if not (workdir / file).exists():
-            continue
-        r = subprocess.run([python, str(script), file, str(image), str(runs), str(warmup)], cwd=workdir, env=env,
-                           capture_output=True, text=True, timeout=timeout)
-        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if r.returncode or line is None:
-            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(f"{script.name} {file} exited {r.returncode}: {tail[0]}")
-        out[name] = json.loads(line[len("RESULT "):])["e2e_ms"]
-    return out
+    return {name: run_json_line([python, str(script), file, str(image), str(runs), str(warmup)], "RESULT ",
+                                f"{script.name} {file}", timeout, cwd=workdir, env=reference_env())["e2e_ms"]
+            for name, file in REF_FILES.items() if (workdir / file).exists()}

@@ -16,6 +16,7 @@ import torch
 
 from engine.checkpoint import ModelMeta
 from engine.device import compile_model, leave_cpu_to_runtime, memory_format
+from engine.export.openvino import PROTO_LAYOUT
 from utils.errors import CheckpointError
 from utils.structures import End2EndOutput, RawOutput
 
@@ -151,7 +152,7 @@ class OpenVinoBackend(Backend):
         values = model.get_rt_info()["gradpath"] if model.has_rt_info(["gradpath"]) else {}
         strings = {k: v.astype(str) for k, v in values.items()}
         self.meta = ModelMeta.from_strings(strings, str(path))
-        self.nhwc_protos = strings.get("proto_layout") == "nhwc"  # engine.export.openvino.to_openvino
+        self.nhwc_protos = strings.get(PROTO_LAYOUT) == "nhwc"  # written by engine.export.openvino.to_openvino
         self._shape([d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()])
         config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_PRECISION_HINT": precision} if precision != "auto" else {})}
         self.compiled = core.compile_model(model, "CPU", config)
