@@ -67,7 +67,7 @@ def read_coco(split: SplitSpec, category_ids: list[int]) -> LabelIndex:
     return assemble(files, table.ids, table.shapes, image_problems(files), checked, findings)
 
 
-def _coco_arrays(path: Path, category_ids: list[int]) -> tuple[ImageTable, RawInstances, list, list]:
+def _coco_arrays(path: Path, category_ids: list[int]) -> tuple[ImageTable, RawInstances, np.ndarray, list]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -94,7 +94,7 @@ def _image_table(images: list[dict], path: Path) -> ImageTable:
 
 
 def _coco_instances(anns: list[dict], table: ImageTable, category_ids: list[int],
-                    path: Path) -> tuple[RawInstances, list, list[tuple[int, Problem]]]:
+                    path: Path) -> tuple[RawInstances, np.ndarray, list[tuple[int, Problem]]]:
     """The annotations that name a known image and category, are not crowd regions and not
     duplicates, as raw instances (keyed by their place in the JSON), their annotation ids (for
     messages) and what was wrong with the others, keyed the same way."""
@@ -125,7 +125,17 @@ def _coco_instances(anns: list[dict], table: ImageTable, category_ids: list[int]
               for k in short]
     xyxy = np.column_stack([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]]).astype(np.float32)
     raw = RawInstances(row[sel], xyxy.reshape(-1, 4), cat[sel], seg_lens, points, sel.astype(np.int64))
-    return raw, [anns[i].get("id") for i in sel], keyed
+    return raw, _annotation_ids(anns, sel), keyed
+
+
+def _annotation_ids(anns: list[dict], sel: np.ndarray) -> np.ndarray:
+    """The ids of the selected annotations, copied out of the parsed JSON (for messages). A list of
+    the JSON's own int objects would pin the parser's memory after the JSON is dropped: they lie
+    scattered over every arena of the parse, and an arena goes back to the system only when empty."""
+    try:
+        return np.fromiter((int(anns[i]["id"]) for i in sel), np.int64, len(sel))
+    except (KeyError, TypeError, ValueError):  # ids that are not integers: named as the JSON has them
+        return np.array([str(anns[i].get("id")) for i in sel], dtype=str)
 
 
 def _image_rows(image_ids: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
