@@ -3,8 +3,9 @@
 annotations (benchmarks/simulated_coco.py), then
 
   1. the label index, both label forms: cold build (cache removed) and warm load, seconds and
-     peak memory, and its size on disk; beside it the reference's label cache on the YOLO form
-     (Ultralytics' YOLODataset, ../shared/bench/ultralytics_label_cache.py, in its own venv);
+     peak memory, and its size on disk; beside it the references' label caches on the YOLO form
+     (Ultralytics' YOLODataset, ../shared/bench/ultralytics_label_cache.py, and with --official-repo
+     the official YOLOv5 LoadImagesAndLabels, benchmarks/official_label_cache.py; their own venv);
   2. `torchrun --nproc_per_node 2 train.py` (CPU, gloo) from launch to the first training step,
      cold and warm index cache, with the peak summed RSS and PSS of every process; how many
      processes built the index;
@@ -122,28 +123,38 @@ def index_figures(s: SimulatedSet) -> list[dict]:
 
 
 def json_parse_figure(s: SimulatedSet) -> dict:
-    """json.load of the instances JSON alone: the parser's own share of a cold COCO build."""
-    code = "import json, sys, time; t = time.perf_counter(); json.load(open(sys.argv[1])); print('RESULT', " \
-           "json.dumps({'seconds': time.perf_counter() - t}))"
-    out, m = run_measured([sys.executable, "-c", code, str(s.annotations)])
+    """json.load of the instances JSON alone, after the modules a cold build has loaded (torch among
+    them, ~0.5 GB): the parser's own share of a cold COCO build, on the same footing."""
+    code = "import json, sys, time; sys.path.insert(0, sys.argv[2]); import data.datasets, utils.dist; " \
+           "t = time.perf_counter(); json.load(open(sys.argv[1])); " \
+           "print('RESULT', json.dumps({'seconds': time.perf_counter() - t}))"
+    out, m = run_measured([sys.executable, "-c", code, str(s.annotations), str(ROOT)])
     return {"seconds": result_line(out)["seconds"], "peak_rss": m["peak_rss"], "peak_pss": m["peak_pss"],
             "json_bytes": s.annotations.stat().st_size}
 
 
-def reference_index_figures(s: SimulatedSet, ref_python: str, bench: Path) -> list[dict]:
-    """Ultralytics' label cache on the YOLO form, cold then warm (its script reports its own figures)."""
+def reference_index_figures(s: SimulatedSet, ref_python: str, bench: Path, official_repo: Path | None) -> list[dict]:
+    """The reference label caches on the YOLO form, cold then warm: Ultralytics' (YOLODataset) and,
+    given a checkout of it, the official YOLOv5 loader's (LoadImagesAndLabels); each script reports
+    its own figures. Both write labels/train2017.cache, so each side runs cold, then warm, in turn."""
+    sides = [("Ultralytics 8.4 (its label cache)", [str(bench / "ultralytics_label_cache.py"), str(s.images),
+                                                     str(s.names_json)])]
+    if official_repo is not None:
+        sides.append(("official YOLOv5 (its labels .cache)", [str(ROOT / "benchmarks/official_label_cache.py"),
+                                                              "--repo", str(official_repo), str(s.images)]))
     rows = []
-    for phase in ("cold", "warm"):
-        cmd = [ref_python, str(bench / "ultralytics_label_cache.py"), str(s.images), str(s.names_json)]
-        out, m = run_measured(cmd + (["--warm"] if phase == "warm" else []), env={"YOLO_OFFLINE": "1"})
-        hit = re.search(r"(\d+) images, (\d+) instances: ([\d.]+) s, peak RSS (\d+) MiB", out)
-        if hit is None:
-            raise RuntimeError(f"unexpected output of {cmd[1]}: {out[-2000:]}")
-        cache = s.labels.with_suffix(".cache")
-        rows.append({"who": "Ultralytics 8.4 (its label cache)", "form": "YOLO txt", "phase": phase,
-                     "seconds": float(hit[3]), "peak_rss": int(hit[4]) * MIB, "peak_pss": m["peak_pss"],
-                     "cache_bytes": cache.stat().st_size if cache.is_file() else 0, "images": int(hit[1]),
-                     "instances": int(hit[2])})
+    for who, cmd in sides:
+        for phase in ("cold", "warm"):
+            out, m = run_measured([ref_python, *cmd] + (["--warm"] if phase == "warm" else []),
+                                  env={"YOLO_OFFLINE": "1"})
+            hit = re.search(r"(\d+) images, (\d+) instances: ([\d.]+) s, peak RSS (\d+) MiB", out)
+            if hit is None:
+                raise RuntimeError(f"unexpected output of {cmd[0]}: {out[-2000:]}")
+            cache = s.labels.with_suffix(".cache")
+            rows.append({"who": who, "form": "YOLO txt", "phase": phase, "seconds": float(hit[3]),
+                         "peak_rss": int(hit[4]) * MIB, "peak_pss": m["peak_pss"],
+                         "cache_bytes": cache.stat().st_size if cache.is_file() else 0, "images": int(hit[1]),
+                         "instances": int(hit[2])})
     return rows
 
 
@@ -160,7 +171,8 @@ def index_table(rows: list[dict], s: SimulatedSet) -> str:
                          f"{cold['peak_pss'] / MIB:,.0f} | {warm['seconds']:.1f} | {warm['peak_rss'] / MIB:,.0f} | "
                          f"{warm['cache_bytes'] / MIB:,.0f} |")
     if parse:
-        lines.append(f"| json.load alone ({parse['json_bytes'] / MIB:,.0f} MiB JSON) | COCO JSON | "
+        lines.append(f"| json.load alone, after the build's imports ({parse['json_bytes'] / MIB:,.0f} MiB JSON) | "
+                     f"COCO JSON | "
                      f"{parse['seconds']:.1f} | {parse['peak_rss'] / MIB:,.0f} | {parse['peak_pss'] / MIB:,.0f} | | | |")
     return "\n".join(lines)
 
@@ -314,6 +326,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ref-python", default=os.environ.get("GRADPATH_REF_PYTHON", str(REF_VENV / "bin/python")),
                    help="the reference venv's python (Ultralytics installed)")
     p.add_argument("--ref-bench", default=str(SHARED / "bench"), help="the reference-side scripts")
+    p.add_argument("--official-repo", type=Path, default=ROOT.parent / "ref" / "yolov5",
+                   help="a checkout of the official YOLOv5 code: its loader's label cache beside ours (skipped "
+                        "where there is none)")
     p.add_argument("--no-reference", action="store_true", help="our figures only")
     p.add_argument("--skip", nargs="*", default=[], choices=["index", "startup", "loader", "ram"])
     return p.parse_args(argv)
@@ -332,7 +347,8 @@ def main(argv=None) -> int:
     if "index" not in args.skip:
         rows = index_figures(s) + [{"who": "json.load alone", **json_parse_figure(s)}]
         if ref:
-            rows += reference_index_figures(s, ref, Path(args.ref_bench))
+            official = args.official_repo if (args.official_repo / "utils" / "dataloaders.py").is_file() else None
+            rows += reference_index_figures(s, ref, Path(args.ref_bench), official)
         figures["index"] = rows
         tables.append(index_table(rows, s))
         print(tables[-1] + "\n", flush=True)
