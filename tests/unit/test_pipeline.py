@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 import pytest
+import torch
 
 from engine.infer.pipeline import Behind, prefetch
+from engine.infer.predictor import bgr_to_input
 
 
 def test_prefetch_keeps_order_and_raises_producer_errors_in_the_consumer():
@@ -45,3 +49,17 @@ def test_behind_runs_in_order_and_reports_the_first_error():
     b.submit(7)
     with pytest.raises(ValueError, match="bad 7"):
         b.close()
+
+
+def test_the_cpu_input_conversion_equals_the_flip_transpose_and_divide():
+    """Predictor.preprocess on the CPU: the same float32 values, bit for bit, as flipping BGR to
+    RGB, transposing to CHW and dividing by 255 in torch (what the official code and the GPU path do)."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (96, 160, 3), dtype=np.uint8) for _ in range(2)]
+    images[1][:7] = 255  # the end points of the range too
+    images[1][7:9] = 0
+    expected = torch.from_numpy(np.ascontiguousarray(np.stack(images)[..., ::-1].transpose(0, 3, 1, 2))).float() / 255.0
+    got = bgr_to_input(images)
+    assert got.dtype == np.float32 and got.shape == (2, 3, 96, 160) and got.flags.c_contiguous
+    assert torch.equal(torch.from_numpy(got), expected)
+    assert got[1, :, 0].max() == 1.0 and got[1, :, 7].min() == 0.0
