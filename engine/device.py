@@ -76,12 +76,13 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 
 
 def reuse_freed_memory(device: torch.device) -> bool:
-    """CPU training: glibc serves every block above its mmap threshold (at most 32 MB: a batch's
-    activations and their gradients) with a fresh mmap and unmaps it when freed, so every step
-    faults in and zeroes gigabytes again. Blocks from the heap instead, and freed memory kept
-    for reuse: yolov5n at 640, batch 16, 2 cores, 2 epochs went 49.0 -> 31.9 s wall, 26.6 -> 3.1 s
-    in the kernel, 12.9M -> 1.2M page faults, peak RSS 3.9 -> 4.2 GB
-    (benchmarks/train_speed.py). Process-wide (the loader's forked workers inherit it); only
+    """CPU training and inference: glibc serves every block above its mmap threshold (at most 32
+    MB: a batch's activations and their gradients) with a fresh mmap and unmaps it when freed, so
+    every step faults in and zeroes gigabytes again. Blocks from the heap instead, and freed memory
+    kept for reuse: yolov5n at 640, batch 16, 2 cores, 2 epochs went 49.0 -> 31.9 s wall, 26.6 ->
+    3.1 s in the kernel, 12.9M -> 1.2M page faults, peak RSS 3.9 -> 4.2 GB
+    (benchmarks/train_speed.py); the PyTorch and TorchScript inference backends apply it too.
+    Process-wide (the loader's forked workers inherit it); only
     on Linux with glibc, only for a CPU device (a GPU's activations are not malloc's). Returns
     whether it was applied."""
     if device.type != "cpu" or not sys.platform.startswith("linux"):

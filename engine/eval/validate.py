@@ -9,7 +9,7 @@ from pathlib import Path
 from data.config import load_data_config
 from data.loader import build_dataloader
 from engine.checkpoint import ModelMeta, load_model
-from engine.device import compile_model, configure_cuda, memory_format
+from engine.device import compile_model, configure_cuda, memory_format, reuse_freed_memory
 from engine.eval.coco_eval import EvaluationError
 from engine.eval.evaluator import evaluate
 from engine.infer.backends import backend_kind, baked_note, load_backend
@@ -75,6 +75,7 @@ def run_validation(args: Namespace) -> int:
 def checkpoint_model(args: Namespace, device):
     """(fused model, its ModelMeta, the dataset it names or --data) of a .pt checkpoint."""
     model, ckpt = load_model(args.weights, device, fuse=True)
+    reuse_freed_memory(device)  # as CPU training and the PyTorch inference backend do
     if args.half and device.type == "cuda":
         model.half()  # here, so that a compiled model is compiled in half precision
     compile_model(model.to(memory_format=memory_format(device, "inference")), args.compile)

@@ -269,7 +269,11 @@ FAULTS_SCRIPT = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
 from engine.device import reuse_freed_memory
-applied = reuse_freed_memory(torch.device("cpu")) if sys.argv[1] == "on" else False
+if sys.argv[1] == "backend":  # val.py's and detect.py's way: loading a checkpoint for CPU inference
+    from engine.infer.backends import load_backend
+    applied = load_backend(sys.argv[2], torch.device("cpu")).reuses_memory
+else:
+    applied = reuse_freed_memory(torch.device("cpu")) if sys.argv[1] == "on" else False
 for _ in range(8):  # the first 64 MB blocks: faulted in either way (glibc's heap settles in 2-4 of them)
     torch.ones(16 << 20).sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -280,11 +284,11 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_cpu_training_reuses_freed_blocks_instead_of_faulting_them_in_again():
+def test_cpu_training_and_inference_reuse_freed_blocks_instead_of_faulting_them_in_again():
     import subprocess
 
-    def faults(mode: str) -> tuple[bool, int]:
-        out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT.format(root=str(ROOT)), mode], check=True,
+    def faults(*mode: str) -> tuple[bool, int]:
+        out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT.format(root=str(ROOT)), *mode], check=True,
                              capture_output=True, text=True).stdout.split()
         return out[0] == "True", int(out[1])
 
@@ -295,3 +299,6 @@ def test_cpu_training_reuses_freed_blocks_instead_of_faulting_them_in_again():
     assert default >= 5 * (16 << 20) * 4 // 4096 * 0.9  # glibc by default: every 64 MB block mapped afresh
     assert reused < default / 4  # at most one of the five faulted in again (the heap may still grow once)
     assert not reuse_freed_memory(torch.device("meta"))  # only a CPU device's memory is malloc's
+    # CPU inference through a PyTorch checkpoint keeps freed blocks too
+    applied, inference = faults("backend", str(ROOT / "tests/fixtures/checkpoint-format1-tiny.pt"))
+    assert applied and inference < default / 4
