@@ -133,13 +133,19 @@ def _ram_cache_once(rank: int, tmp: Path) -> dict:
     cfg = load_data_config(tmp / "index/data.yaml")
     if rank == 1:
         cv2.imread = lambda *a, **k: (_ for _ in ()).throw(AssertionError("rank 1 decoded an image"))
-    loader, ds = build_dataloader(cfg, "val", 128, 4, rect=True, cache="ram", workers=1)
-    batch = next(iter(loader))
-    maps = [ln for ln in Path("/proc/self/maps").read_text().splitlines() if "gradpath-cache-ram" in ln]
-    first = ds.images[int(ds.order[0])]
-    return {"maker": ds.images.block.handle.pid, "writable": ds.images.block.writable, "maps": len(maps),
-            "batch": tuple(batch.images.shape), "sum": int(first.sum(dtype=np.int64)),
-            "size": ds.images.block.size}
+    try:
+        loader, ds = build_dataloader(cfg, "val", 128, 4, rect=True, cache="ram", workers=1)
+        batch = next(iter(loader))
+        maps = [ln for ln in Path("/proc/self/maps").read_text().splitlines() if "gradpath-cache-ram" in ln]
+        first = ds.images[int(ds.order[0])]
+        return {"maker": ds.images.block.handle.pid, "writable": ds.images.block.writable, "maps": len(maps),
+                "batch": tuple(batch.images.shape), "sum": int(first.sum(dtype=np.int64)),
+                "size": ds.images.block.size}
+    finally:
+        # rank 0's block lives as long as its dataset: here, until rank 1's worker has mapped it too
+        # (in training the dataset lives for the run; without this, rank 0 returning first closed
+        # the block while rank 1's spawned worker was still starting, and the worker died)
+        tdist.barrier()
 
 
 def _wait_times_out(rank: int, tmp: Path) -> dict:
