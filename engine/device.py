@@ -106,6 +106,17 @@ def leave_cpu_to_runtime(device: torch.device) -> None:
         torch.set_num_threads(1)
 
 
+@contextmanager
+def torch_threads_kept():
+    """torch's CPU thread count as it was on entry, whatever ran inside (a runtime backend loaded
+    for a check puts torch on one thread: leave_cpu_to_runtime)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def configure_cuda(device: torch.device, fixed_shapes: bool) -> dict[str, object]:
     """cuDNN autotuning when every batch has the same shape (it re-tunes for each new shape), and
     TF32 matmuls and convolutions on Ampere and newer. Process-wide torch switches; returns what

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from engine.checkpoint import BakedNms, ModelMeta, load_model
+from engine.device import torch_threads_kept
 from engine.export.checks import CheckFailed, check_input, compare_detections, max_abs_diff
 from engine.export.end2end import End2End
 from engine.export.files import staged_file, writable_dir
@@ -67,8 +68,9 @@ def export(opt: ExportOptions) -> list[Exported]:
     writable_dir(stem.parent)
     job = prepare(opt, device, stem)
     done = []
-    for fmt in dict.fromkeys(opt.include):
-        done += WRITERS[fmt](job)
+    with torch_threads_kept():  # the checks' runtimes leave torch on one thread; the caller gets its own back
+        for fmt in dict.fromkeys(opt.include):
+            done += WRITERS[fmt](job)
     return done
 
 

@@ -40,11 +40,17 @@ def int8_ap(model: nn.Module, meta: ModelMeta, int8_path: Path, data: str, devic
     cfg = load_data_config(data)
     if "val" not in cfg.splits or cfg.nc != len(meta.names):
         return None
-    backend = load_backend(int8_path, device)
+    threads = torch.get_num_threads()
+    backend = load_backend(int8_path, device)  # torch on one thread beside the runtime
     loader, dataset = build_dataloader(cfg, "val", meta.img_size, batch_size, rect=backend.fixed is None, workers=0,
                                        stride=meta.stride, pin_memory=False)
     s = meta.nms or VAL_SETTINGS
-    fp32, int8 = (evaluate(m, loader, dataset, device, s.conf_thres, s.iou_thres, s.topk, multi_label=s.multi_label)
-                  for m in (model, backend))
+
+    def score(m):
+        return evaluate(m, loader, dataset, device, s.conf_thres, s.iou_thres, s.topk, multi_label=s.multi_label)
+
+    int8 = score(backend)
+    torch.set_num_threads(threads)  # the FP32 model is torch's own: all of its threads
+    fp32 = score(model)
     mask = (fp32.mask["AP"], int8.mask["AP"]) if fp32.mask else None
     return ApDrop(fp32.n_images, (fp32.box["AP"], int8.box["AP"]), mask)

@@ -50,8 +50,13 @@ def small(tmp_path_factory, small_cfg) -> Path:
 def raw_files(small, tmp_path_factory) -> list[Exported]:
     """ONNX, OpenVINO FP32 and INT8 (calibrated on the bundled set), TorchScript: raw outputs, dynamic."""
     out = tmp_path_factory.mktemp("raw") / "m.onnx"
-    return export(ExportOptions(weights=str(small), include=("onnx", "openvino", "torchscript"), int8=True,
-                                dynamic=True, out=str(out)))
+    threads = torch.get_num_threads()
+    files = export(ExportOptions(weights=str(small), include=("onnx", "openvino", "torchscript"), int8=True,
+                                 dynamic=True, out=str(out)))
+    # its checks ran the files in ONNX Runtime and OpenVINO (which put torch on one thread); the caller
+    # of export() gets its thread count back
+    assert torch.get_num_threads() == threads
+    return files
 
 
 @pytest.fixture(scope="module")
