@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from engine.checkpoint import BakedNms, ModelMeta
+from engine.device import torch_threads_kept
 
 VAL_SETTINGS = BakedNms(0.001, 0.65, 300, True)  # val.py's defaults: conf, NMS IoU, max det, per class
 
@@ -40,17 +41,16 @@ def int8_ap(model: nn.Module, meta: ModelMeta, int8_path: Path, data: str, devic
     cfg = load_data_config(data)
     if "val" not in cfg.splits or cfg.nc != len(meta.names):
         return None
-    threads = torch.get_num_threads()
-    backend = load_backend(int8_path, device)  # torch on one thread beside the runtime
-    loader, dataset = build_dataloader(cfg, "val", meta.img_size, batch_size, rect=backend.fixed is None, workers=0,
-                                       stride=meta.stride, pin_memory=False)
     s = meta.nms or VAL_SETTINGS
 
     def score(m):
         return evaluate(m, loader, dataset, device, s.conf_thres, s.iou_thres, s.topk, multi_label=s.multi_label)
 
-    int8 = score(backend)
-    torch.set_num_threads(threads)  # the FP32 model is torch's own: all of its threads
-    fp32 = score(model)
+    with torch_threads_kept():  # the INT8 file beside its runtime, torch on one thread meanwhile
+        backend = load_backend(int8_path, device)
+        loader, dataset = build_dataloader(cfg, "val", meta.img_size, batch_size, rect=backend.fixed is None,
+                                           workers=0, stride=meta.stride, pin_memory=False)
+        int8 = score(backend)
+    fp32 = score(model)  # the FP32 model is torch's own: all of its threads
     mask = (fp32.mask["AP"], int8.mask["AP"]) if fp32.mask else None
     return ApDrop(fp32.n_images, (fp32.box["AP"], int8.box["AP"]), mask)

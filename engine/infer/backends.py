@@ -95,7 +95,7 @@ class TorchBackend(Backend):
         self.meta = ModelMeta.of(ckpt, self.model)
         # torch computes on the CPU with malloc's memory: keep freed activations for the next call
         # (gp-n-seg at 640 on 2 cores: batch 1 92-110 -> 71-74 ms, batch 16 2.3-2.9 -> 1.1-1.2 s)
-        self.reuses_memory = reuse_freed_memory(device)
+        reuse_freed_memory(device)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> RawOutput:
@@ -209,7 +209,7 @@ class TorchScriptBackend(Backend):
                 self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
         except (RuntimeError, ValueError, OSError) as e:
             raise CheckpointError(f"--weights {path}: not a readable TorchScript file: {first_line(e)}") from None
-        self.reuses_memory = reuse_freed_memory(device)  # as TorchBackend
+        reuse_freed_memory(device)  # as TorchBackend
         try:
             values = json.loads(extra["metadata.json"] or "{}")
         except json.JSONDecodeError as e:
