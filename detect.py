@@ -54,7 +54,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--hide-conf", action="store_true")
     p.add_argument("--track", action="store_true",
                    help="persistent ids per video/stream/folder of frames; --save-txt writes MOT files "
-                        "(--conf-thres 0.1 gives the tracker its weak detections)")
+                        "(--conf-thres 0.1 gives the tracker its weak detections); a .pt model also gives "
+                        "each detection an appearance embedding from its backbone")
     p.add_argument("--tracker", choices=TRACKERS, default=None, help=f"with --track (default {TRACKERS[0]})")
     p.add_ignored("--data", instead="class names come from the checkpoint", nargs=1)
     p.add_ignored("--update", instead="checkpoints hold state_dicts only: nothing to strip")

@@ -99,12 +99,15 @@ class Detections:
 
     boxes: float32 (N,4) xyxy. scores: (N,). classes: int64 (N,) contiguous 0..nc-1.
     masks: bool (N, h0, w0), or None for a detection-only model.
+    embeddings: float32 (N, D) unit-length appearance vectors, when tracking asked for them
+    (engine.infer.track.appearance), else None.
     """
 
     boxes: Tensor
     scores: Tensor
     classes: Tensor
     masks: Tensor | None = None
+    embeddings: Tensor | None = None
     extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -184,6 +184,19 @@ class Predictor:
         if note:
             LOG.warning("%s", note)
         self.skips = SkipReport([])
+        self.tap = self._feature_tap() if opt.track else None
+
+    def _feature_tap(self):
+        """Tracking's appearance cue: the detector's own features, which only a PyTorch model shows."""
+        from engine.infer.backends import TorchBackend
+        from engine.infer.track.appearance import FeatureTap
+
+        if isinstance(self.backend, TorchBackend):
+            return FeatureTap(self.backend.model)
+        LOG.info("tracking without the appearance cue: %s is not a PyTorch checkpoint (its features are not "
+                 "reachable); ids follow motion, class%s", self.opt.weights,
+                 " and masks" if self.backend.meta.task == "segment" else "")
+        return None
 
     def input_shape(self, frame: Frame) -> tuple[int, int]:
         """(h, w) the frame is letterboxed to: a static ONNX export's input size, else img_size on
@@ -210,14 +223,22 @@ class Predictor:
         out = []
         for batch in self._batches(frames):
             x, rps = self.preprocess(batch)
-            out += self.postprocess(batch, tuple(x.shape[-2:]), rps, self.backend(x))
+            raw = self.backend(x)
+            out += self.postprocess(batch, tuple(x.shape[-2:]), rps, raw, self.tap and self.tap.take())
         return out
 
-    def postprocess(self, frames: list[Frame], shape: tuple[int, int], rps: list, out) -> list[Detections]:
-        """out: the backend's RawOutput or End2EndOutput for these frames."""
-        return to_detections(out, shape, [f.image.shape[:2] for f in frames], rps, self.opt.conf_thres,
+    def postprocess(self, frames: list[Frame], shape: tuple[int, int], rps: list, out,
+                    maps: list[torch.Tensor] | None = None) -> list[Detections]:
+        """out: the backend's RawOutput or End2EndOutput for these frames; maps: the head's input
+        features of the same call (FeatureTap), to give each detection its embedding."""
+        dets = to_detections(out, shape, [f.image.shape[:2] for f in frames], rps, self.opt.conf_thres,
                              self.opt.iou_thres, self.opt.max_det, classes=self.opt.classes,
                              agnostic=self.opt.agnostic_nms, retina_masks=self.opt.retina_masks)
+        if maps is None:
+            return dets
+        from engine.infer.track.appearance import attach_embeddings
+
+        return attach_embeddings(dets, maps, self.tap.strides, rps)
 
     def run(self) -> dict:
         """Predict over the whole source. Decoding and letterboxing run ahead of the model in one
@@ -234,8 +255,8 @@ class Predictor:
         bar = tqdm(desc="detect", unit="frame", bar_format="{l_bar}{n_fmt} [{elapsed}, {rate_fmt}]")
 
         def finish(item) -> None:
-            batch, shape, rps, raw = item
-            for frame, dets in zip(batch, self.postprocess(batch, shape, rps, raw)):
+            batch, shape, rps, raw, maps = item
+            for frame, dets in zip(batch, self.postprocess(batch, shape, rps, raw, maps)):
                 trails = None
                 if tracking:  # here, in the writer thread, every source's frames come in order
                     dets = tracking.update(frame, dets)
@@ -250,7 +271,8 @@ class Predictor:
         try:
             ahead = 1 if is_stream(opt.source) else 4  # a live stream: stay on the newest frame
             for batch, x, rps in prefetch(((b, *self.preprocess(b)) for b in self._batches(frames)), ahead):
-                item = (batch, tuple(x.shape[-2:]), rps, self.backend(x))
+                raw = self.backend(x)  # then the features it read, before the next call replaces them
+                item = (batch, tuple(x.shape[-2:]), rps, raw, self.tap and self.tap.take())
                 if behind:
                     behind.submit(item)
                 else:

@@ -269,3 +269,29 @@ def test_official_flags_for_other_formats_are_named_and_the_rest_warned(capsys, 
     assert warned == [f"export.py: warning: {f}" for f in ("--dynamic-batch", "--max-wh", "--inplace", "--verbose",
                                                             "--cache", "--agnostic-nms", "--topk-per-class")]
     assert args.topk_all == 30 and not args.dynamic and not any(k.startswith("ignored_") for k in vars(args))
+
+
+@pytest.mark.slow
+def test_tracking_takes_its_look_from_a_pytorch_model_only(small, raw_files, tmp_path, caplog):
+    """detect.py --track's predictor gives each detection an embedding from the checkpoint's
+    backbone maps; an exported file has no reachable layers, which the run says in one line."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    image = cv2.imread(str(IMAGES[1]))
+    for i in range(3):
+        cv2.imwrite(str(frames / f"{i}.jpg"), image)
+    frame = Frame(image, str(frames / "0.jpg"), 0, False)
+    pred = Predictor(PredictOptions(weights=str(small), source=str(frames), img_size=SIZE, conf_thres=0.1,
+                                    device="cpu", track=True))
+    dets = pred.infer([frame])[0]
+    assert len(dets) and dets.embeddings.shape == (len(dets), 4 * sum(pred.backend.model.channels[i] for i in pred.tap.layers))
+    assert torch.allclose(dets.embeddings.norm(dim=1), torch.ones(len(dets)))
+    plain = Predictor(PredictOptions(weights=str(small), source=str(frames), img_size=SIZE, conf_thres=0.1, device="cpu"))
+    same = plain.infer([frame])[0]
+    assert same.embeddings is None and torch.equal(same.boxes, dets.boxes)  # the tap changes no detection
+    caplog.clear()
+    with caplog.at_level("INFO", logger="gradpath.detect"):
+        onnx = Predictor(PredictOptions(weights=str(raw_files[0].path), source=str(frames), img_size=SIZE,
+                                        conf_thres=0.1, device="cpu", track=True))
+    assert onnx.tap is None and onnx.infer([frame])[0].embeddings is None
+    assert "tracking without the appearance cue" in caplog.text and "motion, class and masks" in caplog.text

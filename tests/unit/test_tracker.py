@@ -204,3 +204,77 @@ def test_a_new_track_needs_hits_and_evidence(score, first_output):
         out = tracker.update(_box_dets([[0.0, 0.0, 20.0, 20.0], [200.0, 100.0, 260.0, 200.0]], [0.9, score], [0, 0]), f)
         seen.append(len(out) == 2)
     assert seen.index(True) == first_output  # 3 frames (hits) at 1.0; 4 at 0.9, 6 at 0.5 (3.0 of evidence)
+
+
+def _looks(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _look_dets(boxes: list[list[float]], looks: list[np.ndarray] | None, seed: int) -> Detections:
+    """Detections of class 0 at 0.9, each embedding its object's look plus a little noise."""
+    d = _box_dets(boxes, [0.9] * len(boxes), [0] * len(boxes))
+    if looks is not None:
+        noisy = np.array(looks).reshape(len(boxes), -1) + np.random.default_rng(seed).normal(0, 0.05, (len(boxes), 16))
+        d.embeddings = torch.tensor(noisy / np.linalg.norm(noisy, axis=1, keepdims=True), dtype=torch.float32)
+    return d
+
+
+def _reappearing_run(with_looks: bool, hidden: range, back_at: float, back_look: int) -> list[list[int]]:
+    """Object A moves right from x=20 at 2 px/frame, object B stands at x=400; A is not seen over
+    `hidden`, then again at x=`back_at` (moving on) with look `back_look` (0: its own, 2: another's).
+    Track ids per frame of whatever is at A's place."""
+    looks = _looks(3)
+    tracker, ids = Tracker(TrackerConfig(), fps=25.0), []
+    for f in range(hidden.stop + 30):
+        b = [400.0, 200.0, 460.0, 320.0]
+        if f in hidden:
+            boxes, lk = [b], [looks[1]]
+        else:
+            x = 20.0 + 2 * f if f < hidden.start else back_at + 2 * (f - hidden.stop)
+            boxes, lk = [[x, 40.0, x + 50, 150.0], b], [looks[0 if f < hidden.start else back_look], looks[1]]
+        out = tracker.update(_look_dets(boxes, lk if with_looks else None, f), f)
+        ids.append([int(i) for i, box in zip(out.track_ids, out.boxes) if box[0] < 380])
+    return ids
+
+
+def test_the_look_finds_an_object_hidden_past_the_motion_buffer():
+    """Hidden 6 s (the motion buffer is 3 s) and back far from where its motion leads: the
+    detector-feature look gives it its id again; by motion and class alone it is a new object."""
+    hidden = range(20, 170)
+    ids = _reappearing_run(True, hidden, back_at=300.0, back_look=0)
+    assert ids[19] == [1] and {tuple(i) for i in ids[hidden.stop + 5:]} == {(1,)}
+    ids = _reappearing_run(False, hidden, back_at=300.0, back_look=0)
+    assert {tuple(i) for i in ids[hidden.stop + 5:]} == {(3,)}  # 2 is B
+
+
+def test_a_different_look_refuses_the_lost_id_its_motion_offers():
+    """Lost for 15 frames, then something appears where A's motion leads: with A's look it is A;
+    with another look it is another object, which motion alone would have called A."""
+    hidden = range(20, 35)
+    where = 20.0 + 2 * hidden.stop
+    assert {tuple(i) for i in _reappearing_run(True, hidden, where, back_look=0)[hidden.stop + 5:]} == {(1,)}
+    assert {tuple(i) for i in _reappearing_run(True, hidden, where, back_look=2)[hidden.stop + 5:]} == {(3,)}
+    assert {tuple(i) for i in _reappearing_run(False, hidden, where, back_look=2)[hidden.stop + 5:]} == {(1,)}
+
+
+def test_the_look_decides_which_of_two_tracks_an_ambiguous_box_is():
+    """A moves right into B, which stands; at frame 10 one box is seen between their predicted
+    places, nearer A's, with B's look (B in front, A hidden behind it): it goes to B. Without
+    looks its overlap gives it to A."""
+    looks = _looks(2, seed=1)
+
+    def ids_at_10(with_looks: bool) -> tuple[list[int], int]:
+        tracker = Tracker(TrackerConfig(), fps=25.0)
+        for f in range(10):
+            x = 50.0 + 10 * f
+            out = tracker.update(_look_dets([[x, 40.0, x + 50, 150.0], [160.0, 40.0, 210.0, 150.0]],
+                                            list(looks) if with_looks else None, f), f)
+        b_id = int(out.track_ids[out.boxes[:, 0] > 155][0])
+        out = tracker.update(_look_dets([[154.0, 40.0, 204.0, 150.0]], [looks[1]] if with_looks else None, 10), 10)
+        return out.track_ids.tolist(), b_id
+
+    got, b_id = ids_at_10(True)
+    assert got == [b_id]
+    got, b_id = ids_at_10(False)
+    assert got and got != [b_id]

@@ -36,6 +36,7 @@ class Track:
     evidence: float = 0.0            # summed scores of those frames
     first_frame: int = 0
     mask: tuple[np.ndarray, tuple[int, int]] | None = None  # last mask cropped to its box, (x0, y0)
+    look: np.ndarray | None = None   # unit-length running mean of its clean embeddings
 
     @classmethod
     def start(cls, box: np.ndarray, score: float, cls_: int, frame: int, noise: MotionNoise) -> "Track":
@@ -77,6 +78,13 @@ class Track:
         self.votes[cls_] = self.votes.get(cls_, 0.0) + score
         self.hits += 1
         self.evidence += score
+
+    def see(self, embedding: np.ndarray | None, alpha: float) -> None:
+        """Blend a detection's embedding into the look (None: nothing clean to learn from)."""
+        if embedding is None:
+            return
+        look = embedding if self.look is None else alpha * self.look + (1 - alpha) * embedding
+        self.look = look / max(float(np.linalg.norm(look)), 1e-12)
 
     def miss(self) -> None:
         """No detection this frame: stop the size from drifting while the object is not seen."""

@@ -46,6 +46,15 @@ class TrackerConfig:
     ambiguous_iou: float = 0.3     # a box overlapping two candidates this much is ambiguous
     duplicate_iou: float = 0.7     # an unmatched box overlapping a matched one this much is its duplicate
     recover_gate: float = CHI2_95_4DOF  # largest motion distance for recovering a lost track
+    # appearance (detections with embeddings: a PyTorch model's features, engine.infer.track.appearance)
+    look_alpha: float = 0.9        # a track's look: this share of the old, the rest of the new embedding
+    clean_iou: float = 0.1         # a detection overlapping another this much does not update a look
+    reid_similarity: float = 0.85  # a new track takes a lost id by look alone from this cosine up ...
+    reid_margin: float = 0.05      # ... ahead of the next lost track by this much
+    reid_seconds: float = 10.0     # how long a lost track with a look can be found by it (motion: lost_seconds)
+    look_veto: float = 0.6         # looks less alike than this refuse a match by motion
+    look_gap: float = 0.05         # of the tracks a detection is ambiguous between, those whose look is
+    look_penalty: float = 0.7      # this much less like it than the best one's get this similarity factor
     noise: MotionNoise = field(default_factory=MotionNoise)
 
 
@@ -57,11 +66,24 @@ class FrameDetections:
     scores: np.ndarray     # (N,)
     classes: np.ndarray    # (N,) int
     masks: torch.Tensor | None
+    embeddings: np.ndarray | None = None  # (N,D) unit length
+    clean: np.ndarray | None = None       # (N,) bool: overlaps no other detection (its look is its own)
 
     @classmethod
-    def of(cls, dets: Detections) -> "FrameDetections":
-        return cls(dets.boxes.detach().float().cpu().numpy().reshape(-1, 4), dets.scores.detach().float().cpu().numpy(),
-                   dets.classes.detach().cpu().numpy().astype(np.int64), dets.masks)
+    def of(cls, dets: Detections, clean_iou: float = 0.1) -> "FrameDetections":
+        boxes = dets.boxes.detach().float().cpu().numpy().reshape(-1, 4)
+        emb = None if dets.embeddings is None else dets.embeddings.detach().float().cpu().numpy()
+        clean = None
+        if emb is not None:
+            iou = box_iou(boxes, boxes)
+            np.fill_diagonal(iou, 0.0)
+            clean = (iou < clean_iou).all(1) if len(boxes) else np.zeros(0, bool)
+        return cls(boxes, dets.scores.detach().float().cpu().numpy(), dets.classes.detach().cpu().numpy().astype(np.int64),
+                   dets.masks, emb, clean)
+
+    def look(self, k: int) -> np.ndarray | None:
+        """Detection k's embedding where it can stand for the object alone, else None."""
+        return self.embeddings[k] if self.embeddings is not None and self.clean[k] else None
 
     def mask(self, k: int) -> tuple[np.ndarray, tuple[int, int]] | None:
         if self.masks is None:
@@ -83,7 +105,9 @@ class Tracker:
 
     def __init__(self, config: TrackerConfig | None = None, fps: float = 30.0):
         self.config = config or TrackerConfig()
-        self.buffer = max(1, int(round(self.config.lost_seconds * (fps if fps > 0 else 30.0))))
+        fps = fps if fps > 0 else 30.0
+        self.buffer = max(1, int(round(self.config.lost_seconds * fps)))
+        self.look_buffer = max(self.buffer, int(round(self.config.reid_seconds * fps)))
         self.tracks: list[Track] = []
         self.frame: int | None = None
         self.next_id = 1
@@ -96,7 +120,7 @@ class Tracker:
         first, self.frame = self.frame is None, frame
         self._retire(frame)
         self._predict(dt)
-        d = FrameDetections.of(dets)
+        d = FrameDetections.of(dets, self.config.clean_iou)
         matches = self._associate(d, dt)
         self._apply(d, matches, frame)
         seen = [(self.tracks[t], k) for t, k in matches.items()]
@@ -133,6 +157,7 @@ class Tracker:
             if d.masks is not None:
                 for i, j in zip(*np.nonzero(amb)):
                     sim[i, j] = self._blend_mask(sim[i, j], self.tracks[tracks[i]], d, int(dets[j]))
+            sim = self._rank_looks(sim, amb, tracks, d, dets)
         agree = class_agreement([self.tracks[t].votes for t in tracks], d.classes[dets], cfg.class_share)
         return np.where(agree, sim, sim * cfg.class_penalty)
 
@@ -142,6 +167,26 @@ class Tracker:
         moved = (int(round(track.box[0])), int(round(track.box[1])))  # the mask follows its box's corner
         w = self.config.mask_weight
         return (1 - w) * sim + w * shifted_mask_iou(track.mask[0], moved, *d.mask(k))
+
+    def _rank_looks(self, sim: np.ndarray, amb: np.ndarray, tracks: list[int], d: FrameDetections,
+                    dets: np.ndarray) -> np.ndarray:
+        """Where a detection is ambiguous between tracks, lower the pairs of the tracks that look
+        clearly less like it than another of them does. Relative, not absolute: to a detector's
+        features all people look much alike (cosines of 0.8-0.95 between different ones), yet the
+        right track's look is the nearest for 97-99 % of detections."""
+        cfg = self.config
+        if d.embeddings is None:
+            return sim
+        looks = [self.tracks[t].look for t in tracks]
+        for j in np.nonzero(amb.any(0))[0]:
+            rows = [i for i in np.nonzero(amb[:, j])[0] if looks[i] is not None]
+            if len(rows) < 2:
+                continue
+            alike = np.array([float(looks[i] @ d.embeddings[dets[j]]) for i in rows])
+            for i, a in zip(rows, alike):
+                if a < alike.max() - cfg.look_gap:
+                    sim[i, j] *= cfg.look_penalty
+        return sim
 
     def _match(self, tracks: list[int], d: FrameDetections, dets: np.ndarray, minimum: float) -> list[tuple[int, int]]:
         """Assign tracks (indices into self.tracks) to dets (indices into d); returns pairs of those indices."""
@@ -158,6 +203,7 @@ class Tracker:
         cov = np.stack([self.tracks[t].cov for t in tracks])
         dist = kalman.gating_distance(mean, cov, kalman.xyxy_to_cxcywh(d.boxes[dets]), self.config.noise)
         same = class_agreement([self.tracks[t].votes for t in tracks], d.classes[dets], self.config.class_share)
+        same &= ~self._looks_differ(tracks, d, dets)
         sim = np.where(same & (dist <= self.config.recover_gate), 1.0 / (1.0 + dist), 0.0)
         return [(tracks[i], int(dets[j])) for i, j in assign(sim, 1e-9)]
 
@@ -179,7 +225,7 @@ class Tracker:
         matches.update(self._match(by_overlap, d, high, cfg.match_iou))
         left, low = free(by_overlap, low)
         matches.update(self._match(left, d, low, cfg.low_match_iou))
-        left, high = free(confirmed, high)
+        left, high = free([t for t in confirmed if self.tracks[t].missed(self.frame) <= self.buffer], high)
         matches.update(self._recover(left, d, high))
         # tentative tracks take what is left of the detections able to start one
         _, births = free([], np.nonzero(d.scores >= cfg.birth_score)[0])
@@ -190,6 +236,7 @@ class Tracker:
         """Correct the matched tracks, mark the others missed."""
         for t, k in matches.items():
             self.tracks[t].take(d.boxes[k], float(d.scores[k]), int(d.classes[k]), frame, self.config.noise)
+            self.tracks[t].see(d.look(k), self.config.look_alpha)
             if d.masks is not None:
                 self.tracks[t].mask = d.mask(k)
         for t, track in enumerate(self.tracks):
@@ -206,6 +253,7 @@ class Tracker:
                 continue
             track = Track.start(d.boxes[k], float(d.scores[k]), int(d.classes[k]), frame, cfg.noise)
             track.mask = d.mask(int(k))
+            track.see(d.look(int(k)), cfg.look_alpha)
             if first and d.scores[k] >= cfg.high_score:  # nothing to confirm against on a source's first frame
                 track.hits, track.evidence = cfg.confirm_hits, cfg.confirm_evidence
             self.tracks.append(track)
@@ -227,7 +275,8 @@ class Tracker:
     def _retire(self, frame: int) -> None:
         """Give up the tracks lost for longer than the buffer (before matching: a stream's gap
         can be longer than the buffer)."""
-        kept = [t for t in self.tracks if t.status != CONFIRMED or t.missed(frame) <= self.buffer]
+        kept = [t for t in self.tracks if t.status != CONFIRMED or t.missed(frame) <= self.buffer
+                or (t.look is not None and t.missed(frame) <= self.look_buffer)]
         self.counts.ended += len(self.tracks) - len(kept)
         self.tracks = kept
 
@@ -242,6 +291,8 @@ class Tracker:
                     t.track_id, t.first_frame = lost.track_id, lost.first_frame
                     for c, v in lost.votes.items():
                         t.votes[c] = t.votes.get(c, 0.0) + v
+                    if lost.look is not None:  # the id's look goes on, freshened by the new frames
+                        t.see(lost.look, 0.5)
                     lost.status = MERGED
                 else:
                     t.track_id = self.next_id
@@ -259,14 +310,43 @@ class Tracker:
         by its predicted motion, within the recovery gate. The class test is looser than
         class_share: a new track's few frames often carry the class the detector gives the object
         less often (a partly hidden object flickers between two), and the motion gate still decides."""
-        lost = [t for t in self.tracks if t.status == CONFIRMED and t.hits == 0 and t.last.frame < new.first_frame
-                and vote_overlap(t.votes, new.votes) >= self.config.lost_class_overlap]
+        cfg = self.config
+        lost = [t for t in self.tracks if t.status == CONFIRMED and t.hits == 0 and t.last.frame < new.first_frame]
+        by_look = self._lost_by_look(new, lost)
+        if by_look is not None:
+            return by_look
+        lost = [t for t in lost if t.missed(self.frame) <= self.buffer
+                and vote_overlap(t.votes, new.votes) >= cfg.lost_class_overlap
+                and not (t.look is not None and new.look is not None and float(t.look @ new.look) < cfg.look_veto)]
         if not lost:
             return None
         dist = kalman.gating_distance(np.stack([t.mean for t in lost]), np.stack([t.cov for t in lost]),
                                       new.mean[None, :4], self.config.noise)[:, 0]
         best = int(np.argmin(dist))
         return lost[best] if dist[best] <= self.config.recover_gate else None
+
+    def _lost_by_look(self, new: Track, lost: list[Track]) -> Track | None:
+        """The lost track that looks like `new`, clearly more than any other, whatever its motion
+        and class since (an object hidden for seconds can come back anywhere, and as another class)."""
+        cand = [t for t in lost if t.look is not None]
+        if new.look is None or not cand:
+            return None
+        sims = np.array([float(t.look @ new.look) for t in cand])
+        order = np.argsort(-sims)
+        best = sims[order[0]]
+        second = sims[order[1]] if len(cand) > 1 else -1.0
+        ok = best >= self.config.reid_similarity and best - second >= self.config.reid_margin
+        return cand[order[0]] if ok else None
+
+    def _looks_differ(self, tracks: list[int], d: FrameDetections, dets: np.ndarray) -> np.ndarray:
+        """(T,D) bool: the track's look and the detection's embedding are clearly not alike."""
+        out = np.zeros((len(tracks), len(dets)), bool)
+        if d.embeddings is None:
+            return out
+        for i, t in enumerate(tracks):
+            if self.tracks[t].look is not None:
+                out[i] = d.embeddings[dets] @ self.tracks[t].look < self.config.look_veto
+        return out
 
     def _output(self, dets: Detections, seen: list[tuple[Track, int]]) -> TrackedDetections:
         """The confirmed tracks seen in this frame, with the detection's box, score and mask."""
