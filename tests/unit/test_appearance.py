@@ -89,3 +89,21 @@ def test_embeddings_follow_the_letterbox(model):
     empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
     assert attach_embeddings([empty], maps, tap.strides, [((1.0, 1.0), (0.0, 0.0))])[0].embeddings.shape == (0, 4 * (128 + 256))
     tap.remove()
+
+
+@pytest.mark.parametrize("scale", [1 / 8, 1 / 16])
+def test_the_pooling_equals_torchvision_roi_align(scale):
+    """pool_boxes reads a channels-last map as it lies; its values are roi_align's (aligned,
+    2 samples per bin), for boxes inside, across the edge, past it, and under one cell."""
+    from torchvision.ops import roi_align
+
+    from engine.infer.track.appearance import POOL, SAMPLES, pool_boxes
+
+    torch.manual_seed(0)
+    fmap = torch.randn(1, 16, 30, 40).contiguous(memory_format=torch.channels_last)
+    boxes = torch.tensor([[10.0, 20.0, 110.0, 220.0], [-20.0, -10.0, 40.0, 30.0], [300.0, 200.0, 330.0, 245.0],
+                          [0.0, 0.0, 320.0, 240.0], [100.0, 100.0, 101.0, 103.0], [310.0, 230.0, 700.0, 600.0]])
+    ref = roi_align(fmap.contiguous(), torch.cat([torch.zeros(len(boxes), 1), boxes], 1), POOL, scale, SAMPLES,
+                    True).flatten(1)
+    got = torch.from_numpy(pool_boxes(fmap[0], boxes, scale))
+    assert got.shape == ref.shape and (got - ref).abs().max() < 1e-5
