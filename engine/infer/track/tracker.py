@@ -173,7 +173,7 @@ class Tracker:
         """Where a detection is ambiguous between tracks, lower the pairs of the tracks that look
         clearly less like it than another of them does. Relative, not absolute: to a detector's
         features all people look much alike (cosines of 0.8-0.95 between different ones), yet the
-        right track's look is the nearest for 97-99 % of detections."""
+        right track's look is the nearest for 96-99 % of detections."""
         cfg = self.config
         if d.embeddings is None:
             return sim
