@@ -98,6 +98,12 @@ def xyxy_to_xywh_coco(boxes: Tensor) -> Tensor:
     return out
 
 
+def orig_to_input(boxes: Tensor, ratio_pad: RatioPad) -> Tensor:
+    """Letterbox boxes as the image was: input = orig * scale + pad (input_to_orig's inverse)."""
+    (sx, sy), (px, py) = ratio_pad
+    return boxes * boxes.new_tensor([sx, sy, sx, sy]) + boxes.new_tensor([px, py, px, py])
+
+
 def input_to_orig(boxes: Tensor, ratio_pad: RatioPad, orig_shape: tuple[int, int]) -> Tensor:
     """Undo letterbox: orig = (input - pad) / scale, then clip to the original image."""
     (sx, sy), (px, py) = ratio_pad

@@ -229,8 +229,8 @@ class Predictor:
 
     def postprocess(self, frames: list[Frame], shape: tuple[int, int], rps: list, out,
                     maps: list[torch.Tensor] | None = None) -> list[Detections]:
-        """out: the backend's RawOutput or End2EndOutput for these frames; maps: the head's input
-        features of the same call (FeatureTap), to give each detection its embedding."""
+        """out: the backend's RawOutput or End2EndOutput for these frames; maps: the backbone maps
+        FeatureTap kept from the same call, to give each detection its embedding."""
         dets = to_detections(out, shape, [f.image.shape[:2] for f in frames], rps, self.opt.conf_thres,
                              self.opt.iou_thres, self.opt.max_det, classes=self.opt.classes,
                              agnostic=self.opt.agnostic_nms, retina_masks=self.opt.retina_masks)

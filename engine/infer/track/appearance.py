@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.geometry import RatioPad
+from utils.geometry import RatioPad, orig_to_input
 from utils.structures import Detections
 
 STRIDES = (8, 16)  # the backbone maps pooled
@@ -120,7 +120,6 @@ def embed(maps: list[torch.Tensor], strides: list[float], boxes: torch.Tensor, i
 def attach_embeddings(dets: list[Detections], maps: list[torch.Tensor], strides: list[float],
                       ratio_pads: list[RatioPad]) -> list[Detections]:
     """Each image's Detections (original pixels) with `embeddings` set from the batch's maps."""
-    for b, (d, ((sx, sy), (px, py))) in enumerate(zip(dets, ratio_pads)):
-        boxes = d.boxes.float() * d.boxes.new_tensor([sx, sy, sx, sy]) + d.boxes.new_tensor([px, py, px, py])
-        d.embeddings = embed(maps, strides, boxes, b)
+    for b, (d, rp) in enumerate(zip(dets, ratio_pads)):
+        d.embeddings = embed(maps, strides, orig_to_input(d.boxes.float(), rp), b)
     return dets
