@@ -214,6 +214,49 @@ def test_failed_check_keeps_the_users_file(small, tmp_path, monkeypatch, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m_openvino_model"]
 
 
+def test_int8_failing_its_check_is_quantized_again_with_the_full_overflow_fix(small, tmp_path, monkeypatch):
+    """Without VNNI, an INT8 model that fails its check is quantized again with NNCF's overflow fix
+    on every conv; the failed one is never put in place, and with VNNI there is no second try."""
+    import nncf
+
+    import engine.export.exporter as exporter
+    import engine.export.openvino as ov_export
+
+    first, full = nncf.OverflowFix.FIRST_LAYER, nncf.OverflowFix.ENABLE
+    assert ov_export.overflow_fixes({"avx2", "avx_vnni"}) == (first,)
+    assert ov_export.overflow_fixes({"avx2"}) == (first, full)
+    seen = []
+
+    def quantize(model, images, n, head, overflow_fix=None):  # the float model: its check passes
+        seen.append(overflow_fix)
+        return model
+
+    real_checker = exporter.checker
+
+    def checker(job, precision, what):
+        check = real_checker(job, "fp32", what)
+
+        def fail_first(path):
+            if precision == "int8" and len(seen) == 1:
+                raise CheckFailed("first try failed")
+            return check(path)
+        return fail_first
+
+    monkeypatch.setattr(exporter, "checker", checker)
+    monkeypatch.setattr(ov_export, "quantize_int8", quantize)
+    monkeypatch.setattr(ov_export, "overflow_fixes", lambda: (first, full))
+    opts = ExportOptions(weights=str(small), include=("openvino",), int8=True, out=str(tmp_path / "m.onnx"))
+    files = export(opts)
+    assert seen == [first, full] and files[-1].check.endswith("(NNCF overflow fix: enable)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_int8_openvino_model", "m_openvino_model"]
+    shutil.rmtree(tmp_path / "m_int8_openvino_model")
+    seen.clear()
+    monkeypatch.setattr(ov_export, "overflow_fixes", lambda: (first,))
+    with pytest.raises(CheckFailed, match="first try failed"):
+        export(opts)
+    assert seen == [first] and sorted(p.name for p in tmp_path.iterdir()) == ["m_openvino_model"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--conf-thres", "1.5"], "argument --conf-thres: must be in [0, 1], got 1.5"),  # the shared parser types
     (["--conf-thres", "1"], "--conf-thres 1.0: must be in [0, 1)"),  # then engine.export.options
