@@ -51,15 +51,15 @@ def to_openvino(onnx_path: Path, meta: ModelMeta):
     return model
 
 
-def quantize_int8(model, images: Iterable[np.ndarray], n_images: int, head_index: int, overflow_fix=None):
-    """NNCF post-training INT8 of an ov.Model, calibrated on `images` ((1,3,H,W) float32 0-1);
-    overflow_fix: an nncf.OverflowFix, NNCF's default (the first conv only) when None."""
+def quantize_int8(model, images: Iterable[np.ndarray], n_images: int, head_index: int, overflow_fix):
+    """NNCF post-training INT8 of an ov.Model, calibrated on `images` ((1,3,H,W) float32 0-1),
+    with `overflow_fix` (an nncf.OverflowFix; see overflow_fixes)."""
     import nncf
     from nncf.common.logging import nncf_logger
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     scope = nncf.IgnoredScope(patterns=ignored_patterns(head_index), validate=False)
-    advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix or nncf.OverflowFix.FIRST_LAYER)
+    advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix)
     level = nncf_logger.level
     nncf_logger.setLevel(logging.WARNING)  # at INFO it lists every op it leaves in float
     try:
@@ -76,25 +76,26 @@ def write_openvino(onnx_data: bytes, meta: ModelMeta, dest: Path, half: bool, ch
     import openvino as ov
 
     stem = re.sub(r"_openvino_model$", "", dest.name)
+
+    def attempt(fix) -> str:
+        with staged_dir(dest) as tmp:  # a failed check leaves it by the exception: nothing is kept
+            onnx_path = tmp / f"{stem}.onnx"
+            onnx_path.write_bytes(onnx_data)
+            model = to_openvino(onnx_path, meta)
+            onnx_path.unlink()
+            if fix is not None:
+                model = quantize_int8(model, *calibration, overflow_fix=fix)
+            ov.save_model(model, str(tmp / f"{stem}.xml"), compress_to_fp16=half)
+            report = check(tmp)
+            return report if fix is None else f"{report} (NNCF overflow fix: {fix.value})"
+
     fixes = overflow_fixes() if calibration is not None else (None,)
-    for attempt, fix in enumerate(fixes):
+    for fix in fixes[:-1]:
         try:
-            with staged_dir(dest) as tmp:  # a failed check leaves it by the exception: nothing is kept
-                onnx_path = tmp / f"{stem}.onnx"
-                onnx_path.write_bytes(onnx_data)
-                model = to_openvino(onnx_path, meta)
-                onnx_path.unlink()
-                if calibration is not None:
-                    model = quantize_int8(model, *calibration, overflow_fix=fix)
-                ov.save_model(model, str(tmp / f"{stem}.xml"), compress_to_fp16=half)
-                report = check(tmp)
+            return attempt(fix)
         except CheckFailed as e:
-            if attempt + 1 == len(fixes):
-                raise
             LOG.warning("%s; this CPU has no VNNI: quantizing again with NNCF's overflow fix on every conv", e)
-            continue
-        return report + (f" (NNCF overflow fix: {fix.value})" if fix is not None else "")
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    return attempt(fixes[-1])
 
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo names of the int8 dot-product units

@@ -227,7 +227,7 @@ def test_int8_failing_its_check_is_quantized_again_with_the_full_overflow_fix(sm
     assert ov_export.overflow_fixes({"avx2"}) == (first, full)
     seen = []
 
-    def quantize(model, images, n, head, overflow_fix=None):  # the float model: its check passes
+    def quantize(model, images, n, head, overflow_fix):  # the float model: its check passes
         seen.append(overflow_fix)
         return model
 
