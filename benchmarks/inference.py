@@ -6,7 +6,8 @@
     python benchmarks/inference.py --cfgs cfg/models/yolor-elan-seg.yaml --batch-sizes 1 --runs 3
     python benchmarks/inference.py --device 0 --half                 # GPU, FP16
     python benchmarks/inference.py --backends pytorch onnxruntime openvino openvino-int8 \
-        --ref-python ../refvenv/bin/python                           # deployment table, CPU
+        --ref-python ../refvenv/bin/python --ref-data ../ref/coco128-seg.yaml   # deployment table, CPU
+    python benchmarks/inference.py --backends ... --shapes static rect   # and the --dynamic exports
 
 Without --backends: the model forward only (fused Conv+BN and RepConv, eval mode, channels_last,
 inference_mode), on zeros at the given size: what a deployed network costs before NMS and mask
@@ -19,7 +20,10 @@ batch 1 on the CPU on --image: end to end per image (read, letterbox, model, NMS
 original pixels: detect.py's path without drawing) and the model call alone; box/mask AP of each
 trained model's formats on --ap-data (coco_dev32's 32 images). With --ref-python, Ultralytics'
 own ONNX / OpenVINO FP32 / INT8 exports of yolov8n-seg are timed in that venv in the same run
-(../shared/bench/ultralytics_export_latency.py, end to end through its predictor).
+(../shared/bench/ultralytics_export_latency.py, end to end through its predictor). --shapes rect
+adds each format exported with --dynamic (rows "-dynamic"), run at the image's own letterbox
+shape as our PyTorch path is, beside Ultralytics' exports with dynamic=True
+(benchmarks/ultralytics_dynamic_export.py), which its predictor runs the same way.
 """
 from __future__ import annotations
 
@@ -60,7 +64,8 @@ def backend_table(args: argparse.Namespace) -> None:
     import tempfile
 
     from benchmarks.harness.deploy import (export_backends, merged_coco_val, reduced, time_backend_isolated,
-                                           ultralytics_latency, ultralytics_latency_isolated)
+                                           ultralytics_dynamic_exports, ultralytics_latency,
+                                           ultralytics_latency_isolated)
 
     torch.manual_seed(0)
     work = Path(args.work or tempfile.mkdtemp(prefix="inference_backends_"))
@@ -73,14 +78,19 @@ def backend_table(args: argparse.Namespace) -> None:
         try:  # its script exports and times every format in one process (figures kept for the record)
             ref_shared = ultralytics_latency(args.ref_python, Path(args.ref_script), Path(args.image), args.ref_data,
                                              args.runs, ref_dir)
+            if "rect" in args.shapes:
+                ultralytics_dynamic_exports(args.ref_python, ref_dir, args.ref_data)
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
             print(f"# Ultralytics reference failed: {e}")
-    files = []  # (stem, backend, path, trained)
+    files = []  # (stem, backend, path, trained): backend "-dynamic" for the --dynamic exports
     for entry in args.models:
         src, trained = model_checkpoint(entry, work, args.img_size)
-        exported = export_backends(src, tuple(args.backends), work / src.stem, args.img_size, args.calib_data,
-                                   args.calib_fraction)
-        files += [(src.stem, name, path, trained) for name, path in exported.items()]
+        for shapes in args.shapes:
+            backends = tuple(b for b in args.backends if shapes == "static" or b != "pytorch")
+            exported = export_backends(src, backends, work / src.stem / shapes, args.img_size, args.calib_data,
+                                       args.calib_fraction, dynamic=shapes == "rect")
+            files += [(src.stem, name + ("-dynamic" if shapes == "rect" else ""), path, trained)
+                      for name, path in exported.items()]
     ours, ref = {}, {}
     for _ in range(args.rounds):
         for stem, name, path, _trained in files:
@@ -97,7 +107,8 @@ def backend_table(args: argparse.Namespace) -> None:
         ts = ours[(stem, name)]
         e2e[(stem, name)] = statistics.median(t.e2e_ms for t in ts)
         model_ms = statistics.median(t.model_ms for t in ts)
-        box, mask = ap_cells(path, ap_data, args.img_size, reduced(name)) if trained and ap_data else ("untrained", "")
+        box, mask = (ap_cells(path, ap_data, args.img_size, reduced(name.removesuffix("-dynamic")))
+                     if trained and ap_data else ("untrained", ""))
         print(f"| {stem} | {name} | {ts[0].input_shape[0]}x{ts[0].input_shape[1]} | {e2e[(stem, name)]:.1f} | "
               f"{model_ms:.1f} | {ts[0].detections} | {box} | {mask} |", flush=True)
     theirs = {name: statistics.median(v) for name, v in ref.items()}
@@ -113,10 +124,12 @@ def backend_table(args: argparse.Namespace) -> None:
                   f"{other:.1f} ms (x{other / ms:.2f}; round by round x{', x'.join(rounds)})")
 
 
-REF_NAMES = {"onnx": "onnxruntime"}  # the reference script's row names that differ from ours
+REF_NAMES = {"onnx": "onnxruntime", "onnx-dynamic": "onnxruntime-dynamic"}  # its row names that differ from ours
 # our backend -> the reference row it is compared with (its OpenVINO rows run at the CPU's own
-# precision: OpenVINO's default, bf16 where the CPU has it)
-REF_OF = {"onnxruntime": "onnx", "openvino-bf16": "openvino", "openvino-int8-bf16": "openvino-int8"}
+# precision: OpenVINO's default, bf16 where the CPU has it); -dynamic: both exported with dynamic shapes
+REF_OF = {"onnxruntime": "onnx", "openvino-bf16": "openvino", "openvino-int8-bf16": "openvino-int8",
+          "onnxruntime-dynamic": "onnx-dynamic", "openvino-bf16-dynamic": "openvino-dynamic",
+          "openvino-int8-bf16-dynamic": "openvino-int8-dynamic"}
 
 
 def model_checkpoint(entry: str, work: Path, img_size: int) -> tuple[Path, bool]:
@@ -163,6 +176,9 @@ def main() -> None:
     ap.add_argument("--ref-script", default=str(SHARED / "bench/ultralytics_export_latency.py"))
     ap.add_argument("--ref-data", default=None, help="--backends: the reference's INT8 calibration YAML "
                     "(Ultralytics' format, absolute path), e.g. coco8-seg.yaml")
+    ap.add_argument("--shapes", nargs="+", choices=("static", "rect"), default=["static"],
+                    help="--backends: static 640x640 exports (Ultralytics' default), and/or rect: exported "
+                         "with --dynamic (theirs dynamic=True), each image at its own letterbox shape")
     ap.add_argument("--rounds", type=int, default=3, help="--backends: interleaved timing rounds (median taken)")
     ap.add_argument("--work", default=None, help="--backends: folder for the exports (default: a temporary one)")
     args = ap.parse_args()

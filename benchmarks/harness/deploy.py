@@ -37,9 +37,10 @@ class Timing:
 
 
 def export_backends(src: Path, backends: tuple[str, ...], out_dir: Path, img_size: int, calib_data: str | None,
-                    fraction: float) -> dict[str, Path]:
-    """{backend: the file it runs}: one export.py run for every format the backends need (static
-    batch 1 at img_size, as Ultralytics exports by default)."""
+                    fraction: float, dynamic: bool = False) -> dict[str, Path]:
+    """{backend: the file it runs}: one export.py run for every format the backends need (batch 1;
+    static at img_size, as Ultralytics exports by default, or with --dynamic, which runs each
+    image at its own letterbox shape)."""
     from engine.export.exporter import export
     from engine.export.options import ExportOptions
 
@@ -49,7 +50,7 @@ def export_backends(src: Path, backends: tuple[str, ...], out_dir: Path, img_siz
         int8 = any("int8" in b for b in backends)
         files = export(ExportOptions(weights=str(src), include=include, img_size=img_size, int8=int8,
                                      data=calib_data if int8 else None, fraction=fraction, int8_ap=False,
-                                     out=str(out_dir / f"{src.stem}.onnx")))
+                                     dynamic=dynamic, out=str(out_dir / f"{src.stem}.onnx")))
         for e in files:
             name = "onnxruntime" if e.format == "onnx" else "openvino-int8" if e.precision == "int8" else "openvino"
             paths[name] = paths[f"{name}-bf16"] = e.path
@@ -165,9 +166,24 @@ def ultralytics_latency(python: str, script: Path, image: Path, data: str, runs:
     return found
 
 
-# the files ultralytics_export_latency.py leaves in its workdir, by its row names
+# the files ultralytics_export_latency.py leaves in its workdir, by its row names, and those
+# benchmarks/ultralytics_dynamic_export.py adds (the same model exported with dynamic=True)
 REF_FILES = {"pytorch": "bench_model.pt", "onnx": "bench_model.onnx", "openvino": "bench_model_openvino_model",
-             "openvino-int8": "bench_model_int8_openvino_model"}
+             "openvino-int8": "bench_model_int8_openvino_model", "onnx-dynamic": "bench_model_dynamic.onnx",
+             "openvino-dynamic": "bench_model_dynamic_openvino_model",
+             "openvino-int8-dynamic": "bench_model_dynamic_int8_openvino_model"}
+
+
+def ultralytics_dynamic_exports(python: str, workdir: Path, data: str, timeout: float = 3600) -> None:
+    """Ultralytics' ONNX, OpenVINO and OpenVINO INT8 exports with dynamic=True of the model
+    ultralytics_latency saved in workdir (its predictor then letterboxes each image to its own
+    shape, as ours does with export.py --dynamic)."""
+    script = Path(__file__).resolve().parents[1] / "ultralytics_dynamic_export.py"
+    r = subprocess.run([python, str(script), "bench_model.pt", data], cwd=workdir, env=reference_env(),
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{script.name} exited {r.returncode}: {tail[0]}")
 
 
 def ultralytics_latency_isolated(python: str, workdir: Path, image: Path, runs: int, warmup: int,

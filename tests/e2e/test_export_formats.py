@@ -92,7 +92,8 @@ def test_every_format_of_a_small_model_equals_pytorch(small, raw_files):
         out = b(x)
         assert out.pred.shape == ref.pred.shape and out.proto.shape == ref.proto.shape
         if e.format == "openvino":  # protos leave the IR channels-last, read back as (B, nm, h, w) views
-            assert b.nhwc_protos and b.compiled.outputs[1].get_partial_shape()[3].get_length() == out.proto.shape[1]
+            compiled, _ = b.requests[tuple(x.shape)]  # compiled at this input's shape (the IR's is dynamic)
+            assert b.nhwc_protos and compiled.outputs[1].get_partial_shape()[3].get_length() == out.proto.shape[1]
             assert not out.proto.is_contiguous() and out.proto.permute(0, 2, 3, 1).is_contiguous()
         if e.format in ("onnx", "openvino"):
             assert torch.get_num_threads() == 1  # engine.device.leave_cpu_to_runtime: the cores are the runtime's
@@ -142,6 +143,25 @@ def test_detect_on_an_end2end_export_gives_the_checkpoints_detections(small, e2e
 
 
 @pytest.mark.slow
+def test_a_dynamic_openvino_model_is_compiled_once_per_input_shape(raw_files):
+    """Each shape runs a model compiled at that shape (static: faster than the dynamic compile), with
+    the dynamic compile's outputs; the least recently used shape goes past SHAPES_KEPT."""
+    path = next(e.path for e in raw_files if e.format == "openvino" and e.precision == "fp32")
+    b = load_backend(path, CPU)
+    assert b.model.inputs[0].get_partial_shape().is_dynamic and not b.requests and b.fixed is None
+    b.SHAPES_KEPT = 2
+    dynamic = b.core.compile_model(b.model, "CPU", b.config)
+    shapes = [(1, 3, 224, 160), (2, 3, 160, 224), (1, 3, 224, 160), (1, 3, 128, 128)]
+    for shape in shapes:
+        x = torch.rand(shape)
+        out = b(x)
+        want = dynamic.create_infer_request().infer({0: x.numpy()})
+        assert (out.pred - torch.from_numpy(want[dynamic.outputs[0]])).abs().max() <= 1e-4 * max(1.0, float(out.pred.abs().max()))
+        compiled, _ = b.requests[shape]
+        assert compiled.inputs[0].get_partial_shape().is_static and tuple(compiled.inputs[0].get_shape()) == shape
+    assert list(b.requests) == [(1, 3, 224, 160), (1, 3, 128, 128)]  # (2, 3, 160, 224) was the least recent
+
+
 def test_truncated_onnx_is_one_line(raw_files, tmp_path):
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(raw_files[0].path.read_bytes()[:5000])
