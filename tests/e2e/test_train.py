@@ -23,8 +23,9 @@ def test_small_model_overfits_a_few_real_images(tmp_path):
 
     data = write_subset(tmp_path, 6, large=True)
     (tmp_path / "hyp.yaml").write_text(yaml.safe_dump(OVERFIT_HYP))
-    r = _train(["--data", str(data), "--hyp", str(tmp_path / "hyp.yaml"), "--epochs", "250",
-                "--img-size", "256", "--batch-size", "6", "--workers", "0", "--optimizer", "AdamW", "--seed", "0", "--cache",
+    # 180 epochs at 192: box mAP50 0.82 here in 190 s (250 at 256 took 330 s of CI's 20 minutes)
+    r = _train(["--data", str(data), "--hyp", str(tmp_path / "hyp.yaml"), "--epochs", "180",
+                "--img-size", "192", "--batch-size", "6", "--workers", "0", "--optimizer", "AdamW", "--seed", "0", "--cache",
                 "--noval", "--project", str(tmp_path / "runs")], cwd=tmp_path, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "runs/exp/results.csv").open()))
