@@ -122,9 +122,10 @@ def test_paper_cfg_trains_validates_and_exports(tmp_path, cfg):
     """A paper network (stop-gradient blocks; the anchor-free head) through train.py, the
     checkpoint through export.py to ONNX, and the ONNX model through detect.py."""
     runs = tmp_path / "runs"
+    data = write_subset(tmp_path, 4)  # one step and 4 images to score: the cfg's path, not its training
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", f"cfg/models/{cfg}.yaml", "--epochs", "1",
-                        "--img-size", "96", "--batch-size", "4", "--workers", "0", "--project", str(runs),
-                        "--name", "p"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        "--data", str(data), "--img-size", "96", "--batch-size", "4", "--workers", "0",
+                        "--project", str(runs), "--name", "p"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     best = runs / "p/weights/best.pt"
     assert load_checkpoint(best)["config"]["model"]["name"] == cfg
