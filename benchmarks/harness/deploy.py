@@ -84,14 +84,19 @@ def time_backend(name: str, weights: Path, image: Path, img_size: int, warmup: i
     return Timing(name, tuple(x.shape[-2:]), 1000 * statistics.median(times), model_ms, len(dets))
 
 
+def child_failed(what: str, done: subprocess.CompletedProcess) -> RuntimeError:
+    """The one-line error of a child process that failed: `what`, its exit code, its last line."""
+    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+    return RuntimeError(f"{what} exited {done.returncode}: {tail[0]}")
+
+
 def run_json_line(cmd: list[str], tag: str, what: str, timeout: float, **kw) -> dict:
     """Run a child process and return the JSON after `tag` on its stdout, or a one-line
     RuntimeError naming `what` and the child's last line of output."""
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith(tag)), None)
     if done.returncode or line is None:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"{what} exited {done.returncode}: {tail[0]}")
+        raise child_failed(what, done)
     return json.loads(line[len(tag):])
 
 
@@ -161,8 +166,7 @@ def ultralytics_latency(python: str, script: Path, image: Path, data: str, runs:
                        cwd=workdir, env=reference_env(), capture_output=True, text=True, timeout=timeout)
     found = {m.group(1): float(m.group(2)) for m in REF_LINE.finditer(r.stdout)}
     if r.returncode != 0 or not found:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"{script.name} exited {r.returncode}: {tail[0]}")
+        raise child_failed(script.name, r)
     return found
 
 
@@ -182,8 +186,7 @@ def ultralytics_dynamic_exports(python: str, workdir: Path, data: str, timeout: 
     r = subprocess.run([python, str(script), "bench_model.pt", data], cwd=workdir, env=reference_env(),
                        capture_output=True, text=True, timeout=timeout)
     if r.returncode:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"{script.name} exited {r.returncode}: {tail[0]}")
+        raise child_failed(script.name, r)
 
 
 def ultralytics_latency_isolated(python: str, workdir: Path, image: Path, runs: int, warmup: int,

@@ -6,6 +6,7 @@ file's own metadata as `meta` (engine.checkpoint.ModelMeta; utils.structures has
 contracts)."""
 from __future__ import annotations
 
+import abc
 import json
 import warnings
 from collections import OrderedDict
@@ -30,17 +31,40 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-class Backend:
+class Backend(abc.ABC):
     """What every backend shares: the metadata, the static input shape if any, and the output
-    contract. Subclasses set meta/fixed/fixed_batch and implement _run(x numpy) -> outputs."""
+    contract. Subclasses set meta (and fixed/fixed_batch through _shape) and run the images in
+    __call__; the runtimes that take numpy arrays do so through ArrayBackend."""
 
     meta: ModelMeta
     fixed: tuple[int, int] | None = None  # (h, w) of a static-shape export
     fixed_batch: int | None = None
-    input_dtype = np.float32
 
     def __init__(self, device: torch.device):
         self.device = device
+
+    @abc.abstractmethod
+    def __call__(self, images: torch.Tensor) -> RawOutput | End2EndOutput:
+        """images (B,3,H,W) float 0-1 -> the model's outputs."""
+
+    def wrap(self, outs: list[torch.Tensor]) -> RawOutput | End2EndOutput:
+        if self.meta.end2end:
+            n, boxes, scores, classes = outs[:4]
+            return End2EndOutput(n, boxes.float(), scores.float(), classes, outs[4].float() if len(outs) > 4 else None)
+        return RawOutput(outs[0].float(), outs[1].float() if len(outs) > 1 else None)
+
+    def _shape(self, shape: list) -> None:
+        """fixed / fixed_batch from an input shape whose dynamic dims are not ints (or are -1)."""
+        dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
+        self.fixed_batch = dims[0]
+        self.fixed = (dims[2], dims[3]) if dims[2] and dims[3] else None
+
+
+class ArrayBackend(Backend):
+    """A runtime that takes and gives numpy arrays (ONNX Runtime, OpenVINO): the images go over
+    as input_dtype, in chunks of a fixed batch size when the file has one."""
+
+    input_dtype = np.float32
 
     def __call__(self, images: torch.Tensor) -> RawOutput | End2EndOutput:
         if self.fixed and tuple(images.shape[2:]) != self.fixed:
@@ -48,12 +72,6 @@ class Backend:
                              f"{images.shape[2]}x{images.shape[3]}); use --img-size {self.fixed[0]} or export with --dynamic")
         outs = [torch.from_numpy(np.asarray(o)).to(self.device) for o in self._batched(images.cpu().numpy())]
         return self.wrap(outs)
-
-    def wrap(self, outs: list[torch.Tensor]) -> RawOutput | End2EndOutput:
-        if self.meta.end2end:
-            n, boxes, scores, classes = outs[:4]
-            return End2EndOutput(n, boxes.float(), scores.float(), classes, outs[4].float() if len(outs) > 4 else None)
-        return RawOutput(outs[0].float(), outs[1].float() if len(outs) > 1 else None)
 
     def _batched(self, x: np.ndarray) -> list[np.ndarray]:
         """One run, or several when the file has a fixed batch size other than this batch's (the
@@ -71,14 +89,9 @@ class Backend:
             parts.append([o[:n] for o in self._run(chunk)])
         return [np.concatenate(outs) for outs in zip(*parts)]
 
+    @abc.abstractmethod
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
-        raise NotImplementedError(type(self).__name__)
-
-    def _shape(self, shape: list) -> None:
-        """fixed / fixed_batch from an input shape whose dynamic dims are not ints (or are -1)."""
-        dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
-        self.fixed_batch = dims[0]
-        self.fixed = (dims[2], dims[3]) if dims[2] and dims[3] else None
+        """One runtime call on x (B,3,H,W) input_dtype -> its outputs in the file's order."""
 
 
 class TorchBackend(Backend):
@@ -105,7 +118,7 @@ class TorchBackend(Backend):
         return RawOutput(pred.float(), None if proto is None else proto.float())
 
 
-class OnnxBackend(Backend):
+class OnnxBackend(ArrayBackend):
     def __init__(self, path: str | Path, device: torch.device):
         import onnxruntime as ort
 
@@ -138,7 +151,7 @@ class OnnxBackend(Backend):
         return self.session.run(None, {"images": x})
 
 
-class OpenVinoBackend(Backend):
+class OpenVinoBackend(ArrayBackend):
     """On CPU. precision: OpenVINO's inference precision for the float parts: "f32" (default: an
     FP32 export computes in FP32, an INT8 one keeps its float parts FP32), or "auto" for the
     device's choice (bf16 on CPUs that have it). A model whose input size is dynamic (export.py

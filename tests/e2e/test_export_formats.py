@@ -162,6 +162,7 @@ def test_a_dynamic_openvino_model_is_compiled_once_per_input_shape(raw_files):
     assert list(b.requests) == [(1, 3, 224, 160), (1, 3, 128, 128)]  # (2, 3, 160, 224) was the least recent
 
 
+@pytest.mark.slow
 def test_truncated_onnx_is_one_line(raw_files, tmp_path):
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(raw_files[0].path.read_bytes()[:5000])
