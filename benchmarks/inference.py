@@ -118,9 +118,9 @@ def backend_table(args: argparse.Namespace) -> None:
               f"untrained | |")
     for (stem, name), ms in e2e.items():
         other = theirs.get(REF_OF.get(name, name))
-        if stem == "gp-n-seg" and other:
+        if stem.startswith("gp-n-seg") and other:
             rounds = [f"{r / o.e2e_ms:.2f}" for r, o in zip(ref[REF_OF.get(name, name)], ours[(stem, name)])]
-            print(f"# gp-n-seg {name} vs yolov8n-seg {REF_OF.get(name, name)} (Ultralytics), end to end: {ms:.1f} vs "
+            print(f"# {stem} {name} vs yolov8n-seg {REF_OF.get(name, name)} (Ultralytics), end to end: {ms:.1f} vs "
                   f"{other:.1f} ms (x{other / ms:.2f}; round by round x{', x'.join(rounds)})")
 
 

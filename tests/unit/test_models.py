@@ -13,12 +13,13 @@ from models.model import build_model
 from models.parser import CfgError
 
 SMALL = ROOT / "cfg/models/gp-n-seg.yaml"
+LITE = ROOT / "cfg/models/gp-n-seg-lite.yaml"
 
 
-@pytest.fixture(scope="module")
-def small():
+@pytest.fixture(scope="module", params=[SMALL, LITE], ids=lambda p: p.stem)
+def small(request):
     torch.manual_seed(0)
-    return build_model(SMALL)
+    return build_model(request.param)
 
 
 def test_small_model_shapes_train_and_eval(small):
@@ -39,6 +40,17 @@ def test_small_model_size_within_budget(small):
     info = small.info(640)
     assert info["params"] < 5e6 and info["gflops"] < 15
     assert info["params"] == sum(p.numel() for p in small.parameters())
+
+
+def test_lite_model_halves_only_the_full_resolution_stages():
+    """gp-n-seg-lite is gp-n-seg with rows 0-2 (strides 2 and 4) at half width and nothing else
+    changed, so its neck, head and prototypes stay those of the quick start's model."""
+    small, lite = (yaml.safe_load(p.read_text()) for p in (SMALL, LITE))
+    assert lite["head"] == small["head"] and lite["backbone"][3:] == small["backbone"][3:]
+    assert [r[3] for r in lite["backbone"][:3]] == [[16, 3, 2], [32, 3, 2], [32, 16, 2, 1]]
+    assert [r[3] for r in small["backbone"][:3]] == [[32, 3, 2], [64, 3, 2], [64, 32, 2, 1]]
+    info = build_model(LITE).info(640)
+    assert info["params"] == 4378826 and round(info["gflops"], 2) == 10.87  # gp-n-seg: 4414362, 12.90
 
 
 def test_fuse_keeps_outputs(small):
