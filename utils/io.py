@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,24 @@ def atomic_write_bytes(path: str | Path, write, fsync: bool = True) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_link(src: str | Path, dst: str | Path) -> Path:
+    """Make dst a second name of src's file, atomically (a hard link renamed into place): a copy of
+    a file just written, at no cost. src's later replacement by rename leaves dst as it was. Where
+    the filesystem has no hard links (or src and dst are on different ones), a copy."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        os.link(src, tmp)
+    except OSError:
+        return atomic_write_bytes(dst, lambda f: f.write(src.read_bytes()))
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dst
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -116,3 +116,50 @@ def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path):
     with pytest.raises(CheckpointError, match=rf"new.pt: written by a newer gradpath \(checkpoint format "
                                               rf"{FORMAT_VERSION + 1}; this one reads formats up to {FORMAT_VERSION}\)"):
         load_checkpoint(tmp_path / "new.pt")
+
+
+class _Trainer:
+    """What CheckpointHook reads of a trainer: the model, the loop state, the epoch count."""
+
+    def __init__(self, epochs: int):
+        from types import SimpleNamespace
+
+        self.model = torch.nn.Linear(2, 2)
+        self.config = SimpleNamespace(options=SimpleNamespace(epochs=epochs))
+        self.epoch, self.stop_requested, self.epoch_results = 0, False, {}
+
+    def state_dict(self):
+        return {"optimizer": {}, "epoch": self.epoch}
+
+    def run_epoch(self, hook, improved: bool) -> None:
+        with torch.no_grad():
+            self.model.weight.fill_(self.epoch)
+        self.epoch_results = {"improved": improved}
+        hook.after_epoch(self)
+        self.epoch += 1
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_best_pt_is_last_pt_linked_during_the_run_and_its_own_file_at_the_end(tmp_path, monkeypatch, links):
+    """An improved epoch's best.pt is last.pt's file under a second name (no second save), kept
+    when last.pt is replaced, and written on its own at the run's last epoch; without hard links
+    (links=False) a copy."""
+    from engine.train.ema import ModelEMA
+    from engine.train.hooks import CheckpointHook
+
+    if not links:
+        def no_link(*_):
+            raise OSError("hard links not supported")
+        monkeypatch.setattr(os, "link", no_link)
+    trainer = _Trainer(epochs=3)
+    hook = CheckpointHook(tmp_path, ModelEMA(trainer.model), {"nc": 2}, save_period=2)
+    epoch_of = lambda name: int(load_checkpoint(tmp_path / name)["model"]["weight"][0, 0])  # noqa: E731
+    same_file = lambda a, b: os.stat(tmp_path / a).st_ino == os.stat(tmp_path / b).st_ino  # noqa: E731
+    trainer.run_epoch(hook, improved=True)
+    assert epoch_of("best.pt") == epoch_of("last.pt") == 0 and same_file("best.pt", "last.pt") == links
+    trainer.run_epoch(hook, improved=False)
+    assert epoch_of("last.pt") == 1 and epoch_of("best.pt") == 0 and not same_file("best.pt", "last.pt")
+    assert epoch_of("epoch2.pt") == 1 and same_file("epoch2.pt", "last.pt") == links
+    trainer.run_epoch(hook, improved=True)
+    assert epoch_of("best.pt") == epoch_of("last.pt") == 2 and not same_file("best.pt", "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "epoch2.pt", "last.pt"]  # no temporary left
