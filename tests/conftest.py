@@ -26,6 +26,21 @@ OFFICIAL = SHARED / "official"
 BUNDLED = ROOT / "datasets" / "coco-mini"
 
 
+def run_scripts(calls: list[tuple[str, ...]], cwd: Path, timeout: int = 600) -> list:
+    """Each (script, *args) of the repo run as its own `python script args` process, as many at once
+    as there are cores (each CLI spends seconds importing torch before it reaches its check);
+    their CompletedProcess results, in order."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(call):
+        return subprocess.run([sys.executable, str(ROOT / call[0]), *call[1:]], cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout)
+
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
+        return list(pool.map(run, calls))
+
+
 def require_shared(path: Path, what: str) -> Path:
     """`path` if it exists; else skip the test, or fail it under GRADPATH_REQUIRE_SHARED=1 (set by
     .ci/run where ../shared exists, so that shared material that moved fails CI instead of

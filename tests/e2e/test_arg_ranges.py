@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OFFICIAL, ROOT, require_shared
+from conftest import OFFICIAL, ROOT, require_shared, run_scripts
 from test_cli import parser
 
 SIZE = "argument --img-size/--img/--imgsz: must be at least 1, got 0"
@@ -116,8 +116,9 @@ def test_what_needs_a_file_or_the_model_is_one_line_before_any_run_folder(tmp_pa
         ("detect.py", ["--weights", "some.yaml"], not_model),
         ("export.py", ["--weights", "some.yaml"], not_pt),
     ]
-    for script, argv, message in cases:
-        r = _run(script, *argv, "--device", "cpu", *(runs if script != "export.py" else []), cwd=tmp_path)
+    done = run_scripts([(script, *argv, "--device", "cpu", *(runs if script != "export.py" else []))
+                        for script, argv, _ in cases], cwd=tmp_path)
+    for (script, argv, message), r in zip(cases, done):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"{script}: error: "), (argv, r.stderr)
         assert message in lines[0], (argv, lines[0])
@@ -129,13 +130,12 @@ def test_an_image_size_off_the_stride_is_rounded_up_the_same_everywhere(tmp_path
     weights = str(require_shared(OFFICIAL / "yolov5n.pt", "official checkpoints"))
     warning = "--img-size 33 is not a multiple of the model's stride 32: using 64"
     image = shared_data / "images/bus.jpg"
-    r = _run("detect.py", "--weights", weights, "--img-size", "33", "--source", str(image), "--device", "cpu",
-             "--project", str(tmp_path / "d"), cwd=tmp_path)
-    assert r.returncode == 0 and warning in r.stderr, r.stderr[-2000:]
-    r = _run("val.py", "--weights", weights, "--data", str(shared_data / "dev/coco8-seg/coco8-seg.yaml"),
-             "--img-size", "33", "--device", "cpu", "--workers", "0", "--project", str(tmp_path / "v"), cwd=tmp_path)
-    assert r.returncode == 0 and warning in r.stderr, r.stderr[-2000:]
-    r = _run("export.py", "--weights", weights, "--img-size", "33", "--out", str(tmp_path / "m.onnx"), cwd=tmp_path)
-    assert r.returncode == 0 and warning in r.stderr, r.stderr[-2000:]
+    calls = [("detect.py", "--weights", weights, "--img-size", "33", "--source", str(image), "--device", "cpu",
+              "--project", str(tmp_path / "d")),
+             ("val.py", "--weights", weights, "--data", str(shared_data / "dev/coco8-seg/coco8-seg.yaml"),
+              "--img-size", "33", "--device", "cpu", "--workers", "0", "--project", str(tmp_path / "v")),
+             ("export.py", "--weights", weights, "--img-size", "33", "--out", str(tmp_path / "m.onnx"))]
+    for call, r in zip(calls, run_scripts(calls, cwd=tmp_path)):
+        assert r.returncode == 0 and warning in r.stderr, (call[0], r.stderr[-2000:])
     trainer = make_trainer("anchor", img_size=33)
     assert trainer.config.options.img_size == 64

@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, run_scripts
 from models.model import build_model
 from utils.io import save_checkpoint
 
@@ -54,8 +54,7 @@ def test_code_running_checkpoint_refused_everywhere(tmp_path):
              ("val.py", "--weights", str(evil)),
              ("detect.py", "--weights", str(evil), "--source", str(SRC_IMG), "--project", str(tmp_path / "d")),
              ("export.py", "--weights", str(evil))]
-    for script, *args in calls:
-        r = _run(script, *args, cwd=tmp_path)
+    for (script, *_), r in zip(calls, run_scripts(calls, cwd=tmp_path)):
         assert r.returncode == 2 and "refused" in r.stderr, (script, r.stderr[-1500:])
         assert len(r.stderr.strip().splitlines()) <= 3, (script, r.stderr)
     r = subprocess.run([sys.executable, "-m", "models.convert", str(evil), "--out", str(tmp_path / "o.pt")],
@@ -68,8 +67,8 @@ def test_code_running_checkpoint_refused_everywhere(tmp_path):
 def test_broken_checkpoint_clear_error(tmp_path, good_weights, cut):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(good_weights.read_bytes()[:cut])
-    for script in ("val.py", "detect.py", "export.py"):
-        r = _run(script, "--weights", str(bad), cwd=tmp_path)
+    scripts = ("val.py", "detect.py", "export.py")
+    for script, r in zip(scripts, run_scripts([(s, "--weights", str(bad)) for s in scripts], cwd=tmp_path)):
         assert r.returncode == 2 and "bad.pt" in r.stderr and ("empty" in r.stderr or "truncated" in r.stderr), \
             (script, r.stderr[-800:])
 
