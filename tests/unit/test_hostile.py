@@ -121,14 +121,14 @@ def test_odd_images_in_train_val_and_detect(tmp_path, good_weights):
     split = {"images": "images", "annotations": "ann.json"}
     (tmp_path / "data.yaml").write_text(yaml.safe_dump({"format": "coco", "path": str(tmp_path), "train": split,
                                                         "val": split}))
-    r = _run("train.py", "--data", str(tmp_path / "data.yaml"), "--epochs", "1", "--img-size", "128",
-             "--batch-size", "4", "--workers", "0", "--project", str(tmp_path / "runs"), cwd=tmp_path)
+    out = tmp_path / "det"
+    r, d = run_scripts([("train.py", "--data", str(tmp_path / "data.yaml"), "--epochs", "1", "--img-size", "128",
+                         "--batch-size", "4", "--workers", "0", "--project", str(tmp_path / "runs")),
+                        ("detect.py", "--weights", str(good_weights), "--source", str(tmp_path / "images"),
+                         "--img-size", "128", "--project", str(out))], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "7 images, 7 instances; missing 0, empty 0, corrupt 3" in r.stderr  # train and val summaries
     assert "7 images," in r.stdout  # the final evaluation ran over the 7 readable images
-    out = tmp_path / "det"
-    d = _run("detect.py", "--weights", str(good_weights), "--source", str(tmp_path / "images"), "--img-size", "128",
-             "--project", str(out), cwd=tmp_path)
     assert d.returncode == 0, d.stderr[-3000:]
     assert "7 images, 0 video frames" in d.stderr and "3 skipped" in d.stderr
     for name, hw in files.items():
