@@ -53,6 +53,12 @@ class Backend(abc.ABC):
             return End2EndOutput(n, boxes.float(), scores.float(), classes, outs[4].float() if len(outs) > 4 else None)
         return RawOutput(outs[0].float(), outs[1].float() if len(outs) > 1 else None)
 
+    def check_size(self, images: torch.Tensor) -> None:
+        """A static-shape export refuses any other input size, in one line."""
+        if self.fixed and tuple(images.shape[2:]) != self.fixed:
+            raise ValueError(f"this model takes {self.fixed[0]}x{self.fixed[1]} inputs (got "
+                             f"{images.shape[2]}x{images.shape[3]}); use --img-size {self.fixed[0]} or export with --dynamic")
+
     def _shape(self, shape: list) -> None:
         """fixed / fixed_batch from an input shape whose dynamic dims are not ints (or are -1)."""
         dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
@@ -67,9 +73,7 @@ class ArrayBackend(Backend):
     input_dtype = np.float32
 
     def __call__(self, images: torch.Tensor) -> RawOutput | End2EndOutput:
-        if self.fixed and tuple(images.shape[2:]) != self.fixed:
-            raise ValueError(f"this model takes {self.fixed[0]}x{self.fixed[1]} inputs (got "
-                             f"{images.shape[2]}x{images.shape[3]}); use --img-size {self.fixed[0]} or export with --dynamic")
+        self.check_size(images)
         outs = [torch.from_numpy(np.asarray(o)).to(self.device) for o in self._batched(images.cpu().numpy())]
         return self.wrap(outs)
 
@@ -302,9 +306,8 @@ class TensorRTBackend(Backend):
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor):
+        self.check_size(images)
         x = images.to(self.device, torch.float16 if self.half else torch.float32).contiguous()
-        if self.fixed and tuple(x.shape[2:]) != self.fixed:
-            raise ValueError(f"this engine takes {self.fixed[0]}x{self.fixed[1]} inputs; use --img-size {self.fixed[0]}")
         self.context.set_input_shape("images", tuple(x.shape))
         self.context.set_tensor_address("images", x.data_ptr())
         outs = []

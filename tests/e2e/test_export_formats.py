@@ -162,6 +162,15 @@ def test_a_dynamic_openvino_model_is_compiled_once_per_input_shape(raw_files):
     assert list(b.requests) == [(1, 3, 224, 160), (1, 3, 128, 128)]  # (2, 3, 160, 224) was the least recent
 
 
+def test_a_static_export_refuses_another_input_size_in_one_line(e2e_files):
+    for e in e2e_files:
+        b = load_backend(e.path, CPU)
+        h, w = b.fixed
+        with pytest.raises(ValueError, match=rf"^this model takes {h}x{w} inputs \(got {h}x{w + 32}\); use "
+                                             rf"--img-size {h} or export with --dynamic$"):
+            b(torch.rand(1, 3, h, w + 32))
+
+
 @pytest.mark.slow
 def test_truncated_onnx_is_one_line(raw_files, tmp_path):
     bad = tmp_path / "cut.onnx"
