@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 import uuid
 import zipfile
@@ -50,13 +51,21 @@ def atomic_link(src: str | Path, dst: str | Path) -> Path:
     try:
         os.link(src, tmp)
     except OSError:
-        return atomic_write_bytes(dst, lambda f: f.write(src.read_bytes()))
+        return atomic_copy(src, dst)
     try:
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return dst
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> Path:
+    """dst written atomically as a byte copy of src (a file of its own)."""
+    def write(f):
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, f, 1 << 24)
+    return atomic_write_bytes(dst, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

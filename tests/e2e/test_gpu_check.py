@@ -146,9 +146,14 @@ def test_a_run_that_ends_on_its_own_has_no_summary_row(tmp_path):
 def test_gpu_check_quick_runs_on_the_cpu_and_invents_nothing(root, tmp_path):
     # a budget no run reaches: on a busy box the quick check takes longer than its default 150 s, and
     # this test is about which rows it makes (the budget's own skipping is tested above)
+    # pytest's own collection of the cuda tests, the rows' oracle, runs beside the check
+    collecting = subprocess.Popen([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p",
+                                   "no:cacheprovider", CUDA_TESTS], cwd=root, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
     r = subprocess.run([sys.executable, str(root / "benchmarks/gpu_check.py"), "--device", "cpu", "--quick",
                         "--budget", "900", "--out", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
                        timeout=900)
+    collected, _ = collecting.communicate(timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = saved["rows"]
@@ -163,11 +168,9 @@ def test_gpu_check_quick_runs_on_the_cpu_and_invents_nothing(root, tmp_path):
         [f"{torch.get_num_threads()} torch threads"]
     # every cuda-marked test is a row, its setting the node id pytest itself collects; without CUDA
     # each says so, as do the GPU-only measurements
-    collect = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p",
-                              "no:cacheprovider", CUDA_TESTS], cwd=root, capture_output=True, text=True, timeout=300)
-    ids = [line for line in collect.stdout.splitlines() if line.startswith(f"{CUDA_TESTS}::")]
+    ids = [line for line in collected.splitlines() if line.startswith(f"{CUDA_TESTS}::")]
     tests = by_section["CUDA correctness"] + by_section["failure paths"]
-    assert len(ids) >= 10 and sorted(row["setting"] for row in tests) == sorted(ids), collect.stdout[-2000:]
+    assert len(ids) >= 10 and sorted(row["setting"] for row in tests) == sorted(ids), collected[-2000:]
     assert [row["setting"] for row in by_section["failure paths"]] == [i for i in ids if "::test_failure_" in i]
     results = read_results(tmp_path / "work/cuda_tests.jsonl")
     assert list(results.collected) == ids and [o.nodeid for o in results.outcomes] == ids
